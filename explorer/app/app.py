@@ -1,0 +1,272 @@
+"""``ExplorerApp``: one browser session of Prunescope (``panel serve explorer``)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+import panel as pn
+import param
+
+from prunescope.explorer.app.controls import Controls
+from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.metrics_view import MetricsPanel
+from prunescope.explorer.app.palette import ACCENT
+from prunescope.explorer.app.plots import LayerSparsityChart, MaskView
+from prunescope.explorer.app.sensitivity_view import SensitivityView
+from prunescope.explorer.worker import LatestWorker
+from prunescope.sample_models import list_sample_models
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunescope.explorer.engine import Explorer
+    from prunescope.explorer.metrics import Metrics
+    from prunescope.explorer.state import PruneSpec
+
+_SYSTEM_FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+_STATE_PARAMS = ["method", "sparsity", "layer_sparsity", "n", "m", "norm", "skip_first_last", "seed", "backend"]
+
+
+class ExplorerApp(pn.viewable.Viewer):
+    """The explorer for one session: the sidebar writes the state of the chosen model's
+    :class:`~prunescope.explorer.Explorer`; every state change redraws the instant views and asks
+    the session's worker to measure accuracy and loss (the latest request wins).
+
+    Each model gets its own Explorer, built on first use and kept for the session.
+    """
+
+    model_name = param.String(default="digits_mlp", doc="The sample model being explored.")
+
+    def __init__(self, model: str = "digits_mlp", **params: Any) -> None:
+        super().__init__(model_name=model, **params)
+        models = list_sample_models()
+        if model not in models:
+            raise ValueError(f"unknown sample model {model!r}; known: {', '.join(models)}")
+        self._dispatch = SessionDispatcher()
+        self._worker = LatestWorker(name="prunescope-evaluate")
+        self._explorers: dict[str, Explorer] = {}
+        self._explorer: Explorer | None = None
+        self._syncing = False
+        self._requested: tuple[int, PruneSpec] | None = None  # (explorer id, spec) being measured
+        self._shown: tuple[int, PruneSpec] | None = None  # (explorer id, spec) on the cards now
+
+        self.controls = Controls(models, model)
+        self.metrics = MetricsPanel()
+        self.layer_chart = LayerSparsityChart()
+        self.mask_view = MaskView()
+        self.sensitivity = SensitivityView(self._dispatch, on_error=self.show_error)
+        self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self._wire()
+        self._select_model(model)
+        self._dispatch.on_destroyed(self.close)
+
+    # ------------------------------------------------------------------------------ wiring
+    def _wire(self) -> None:
+        c = self.controls
+        c.model.param.watch(self._guarded(lambda e: self._select_model(e.new)), "value")
+        c.method.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
+        c.sparsity.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
+        c.sparsity.param.watch(self._guarded(lambda e: self._request_evaluation()), "value_throttled")
+        for widget in (c.n, c.m, c.norm, c.skip_first_last, c.seed):
+            widget.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
+        self.mask_view.layer_select.param.watch(self._guarded(lambda e: self._refresh_mask()), "value")
+
+    def _guarded(self, callback: Callable[[param.parameterized.Event], None]):
+        """A widget callback that ignores changes made while the widgets are being synced."""
+
+        def run(event: param.parameterized.Event) -> None:
+            if not self._syncing:
+                callback(event)
+
+        return run
+
+    # ------------------------------------------------------------------------------ public
+    @property
+    def explorer(self) -> "Explorer":
+        """The Explorer of the model shown now (its ``state`` is what the sidebar shows)."""
+        return self._explorer
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until the pending evaluation has been shown (tests and scripts)."""
+        return self._worker.wait_idle(timeout)
+
+    def show_error(self, err: BaseException) -> None:
+        """Show ``err`` in the alert above the results; the session keeps running."""
+        self.alert.object = f"**Not applied:** {err}" if isinstance(err, ValueError) else f"**Error:** {err!r}"
+        self.alert.visible = True
+
+    def close(self) -> None:
+        """Stop this session's compute threads (called when the browser session ends)."""
+        self._dispatch.close()
+        self.sensitivity.close()
+        self._worker.close()
+
+    # ------------------------------------------------------------------------------ changes
+    def _apply(self, change: Callable[["Explorer"], Any], explorer: "Explorer | None" = None) -> bool:
+        """Run ``change(explorer)``; bad input shows an alert and the widgets go back to the state."""
+        try:
+            change(explorer or self._explorer)
+        except ValueError as err:
+            self.show_error(err)
+            if self._explorer is not None:
+                self._sync_controls()
+            return False
+        self.alert.visible = False
+        return True
+
+    def _prune_options(self) -> dict[str, Any]:
+        c = self.controls
+        options = {"seed": c.seed.value, "skip_first_last": c.skip_first_last.value}
+        if c.method.value == "nm":
+            options.update(n=c.n.value, m=c.m.value)
+        elif c.method.value == "channel":
+            options.update(norm=c.norm.value)
+        return options
+
+    def _prune_from_controls(self) -> None:
+        method = self.controls.method.value
+        sparsity = None if method == "nm" else self.controls.sparsity.value
+        self._apply(lambda ex: ex.prune(method, sparsity=sparsity, **self._prune_options()))
+
+    def _set_layer(self, layer: str, event: param.parameterized.Event) -> None:
+        if self._syncing:
+            return
+        if event.name == "value_throttled":
+            self._request_evaluation()
+            return
+        self._apply(lambda ex: ex.set_layer_sparsity(layer, event.new))
+
+    def _select_model(self, name: str) -> None:
+        """Show model ``name``, building its Explorer on first use with the sidebar's settings."""
+        previous = self._explorer
+        if name not in self._explorers:
+            from prunescope.explorer import Explorer
+
+            explorer = Explorer.from_sample(name)
+            explorer.state.param.watch(partial(self._on_state, explorer), _STATE_PARAMS)
+            self._explorers[name] = explorer
+        explorer = self._explorers[name]
+        if previous is not None and previous is not explorer:
+            s = previous.state  # carry the global settings over; hand-set layers belong to a model
+            options = {"seed": s.seed, "skip_first_last": s.skip_first_last}
+            options.update({"n": s.n, "m": s.m} if s.method == "nm" else
+                           {"norm": s.norm} if s.method == "channel" else {})
+            sparsity = None if s.method == "nm" else s.sparsity
+            self._apply(lambda ex: ex.prune(s.method, sparsity=sparsity, **options), explorer)
+        self.model_name = name
+        self._explorer = explorer
+        sliders = self.controls.set_layers(explorer.layers)
+        for layer, slider in sliders.items():
+            slider.param.watch(partial(self._set_layer, layer), ["value", "value_throttled"])
+        largest = max(explorer.profile.layers, key=lambda info: info.numel).name
+        self._syncing = True
+        try:
+            self.mask_view.layer_select.param.update(options=explorer.layers, value=largest)
+        finally:
+            self._syncing = False
+        self.sensitivity.set_explorer(explorer)
+        self._refresh()
+
+    def _on_state(self, explorer: "Explorer", *events: param.parameterized.Event) -> None:
+        if explorer is self._explorer:
+            self._refresh()
+
+    # ------------------------------------------------------------------------------ views
+    def _sync_controls(self) -> None:
+        self._syncing = True
+        try:
+            self.controls.show(self._explorer)
+        finally:
+            self._syncing = False
+
+    def _refresh(self) -> None:
+        """Redraw what is instant (sidebar, cost, bars, mask) and ask for a new evaluation."""
+        explorer = self._explorer
+        self._sync_controls()
+        cost = explorer.cost()
+        self.metrics.show_cost(cost)
+        self.layer_chart.update(cost.per_layer, set(explorer.state.layer_sparsity))
+        self._refresh_mask(cost)
+        self.sensitivity.mark(explorer.state.method, dict(zip(cost.per_layer["layer"], cost.per_layer["sparsity"])))
+        self._request_evaluation()
+
+    def _refresh_mask(self, cost=None) -> None:
+        explorer = self._explorer
+        layer = self.mask_view.layer_select.value
+        if layer not in explorer.layers:
+            return
+        cost = cost or explorer.cost()
+        kept = int(cost.per_layer.set_index("layer").loc[layer, "kept"])
+        self.mask_view.update(explorer.masks[layer], explorer.profile[layer], kept)
+
+    def _request_evaluation(self) -> None:
+        """Measure the current setting on the worker; the newest request wins, stale results are dropped."""
+        explorer = self._explorer
+        spec = explorer.state.spec()
+        key = (id(explorer), spec)
+        if key == self._shown:  # e.g. dragged away and back: drop what is still on its way
+            self._requested = None
+            self.metrics.set_pending(False)
+            return
+        if key == self._requested:
+            return
+        self._requested = key
+        self.metrics.set_pending(True)
+
+        def job() -> tuple["Metrics", "Metrics"]:
+            return explorer.dense_metrics(), explorer.evaluate(spec=spec)
+
+        self._worker.submit(
+            job,
+            on_done=lambda result: self._dispatch(lambda: self._show_evaluation(explorer, spec, *result)),
+            on_error=lambda err: self._dispatch(lambda: self._evaluation_failed(key, err)),
+        )
+
+    def _show_evaluation(self, explorer: "Explorer", spec: "PruneSpec", dense: "Metrics", metrics: "Metrics") -> None:
+        if explorer is not self._explorer or spec != explorer.state.spec():
+            return  # a newer setting is on its way
+        self._shown = (id(explorer), spec)
+        self._requested = None
+        self.metrics.show_dense(dense)
+        self.metrics.show_metrics(metrics)
+        self.sensitivity.mark_measured(metrics)
+
+    def _evaluation_failed(self, key: tuple[int, Any], err: BaseException) -> None:
+        if key == self._requested:
+            self._requested = None
+            self.metrics.set_pending(False)
+        self.show_error(err)
+
+    # ------------------------------------------------------------------------------ layout
+    def _main(self) -> list[pn.viewable.Viewable]:
+        return [
+            self.metrics,
+            self.alert,
+            pn.Row(self.layer_chart, self.mask_view, sizing_mode="stretch_width"),
+            pn.pane.HTML("<b>Sensitivity</b> — measured accuracy when pruning more, per method "
+                         "and per layer", margin=(10, 10, 0, 10), styles={"font-size": "14px"}),
+            self.sensitivity,
+        ]
+
+    def template(self) -> pn.template.FastListTemplate:
+        """The served page: a FastListTemplate with local fonts only (no CDN, no web fonts)."""
+        return pn.template.FastListTemplate(
+            title="Prunescope", sidebar=self.controls.widgets(), main=self._main(),
+            accent=ACCENT, font=_SYSTEM_FONT, font_url="", theme_toggle=False,
+            sidebar_width=320, main_layout=None,
+        )
+
+    def servable(self, title: str | None = None, **kwargs: Any) -> pn.template.FastListTemplate:
+        """Serve the full page (template with sidebar) in ``panel serve``."""
+        return self.template().servable(title=title or "Prunescope", **kwargs)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Row(
+            pn.Column(*self.controls.widgets(), width=320),
+            pn.Column(*self._main(), sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+
+def create_app(model: str = "digits_mlp") -> ExplorerApp:
+    """A new app for one session (call it inside the session, e.g. from ``explorer/main.py``)."""
+    return ExplorerApp(model=model)

@@ -1,0 +1,112 @@
+"""The sidebar: model, method and its options, the global sparsity and one slider per layer.
+
+The widgets only show the session's :class:`~prunescope.explorer.state.PruningState`;
+``ExplorerApp`` turns their changes into ``Explorer.prune`` / ``set_layer_sparsity`` calls and
+calls :meth:`Controls.show` after every state change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import panel as pn
+
+from prunescope.explorer.pruning import METHODS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunescope.explorer.engine import Explorer
+
+#: Slider range: the engine accepts sparsities in [0, 1).
+MAX_SPARSITY = 0.99
+STEP = 0.01
+
+
+def layer_slider_values(explorer: "Explorer") -> dict[str, float]:
+    """Per-layer values in the unit the layer sliders set: the achieved weight sparsity, except for
+    channel pruning, whose per-layer sparsity is the fraction of output channels removed."""
+    if explorer.state.method != "channel":
+        return explorer.layer_sparsities()
+    masks = explorer.masks
+    values = {}
+    for name in explorer.layers:
+        rows = masks[name].reshape(masks[name].shape[0], -1)
+        values[name] = 1.0 - float(rows.any(dim=1).float().mean())
+    return values
+
+
+class Controls:
+    """Widgets of the sidebar; ``layer_sliders`` maps each prunable layer to its slider."""
+
+    def __init__(self, models: list[str], model: str) -> None:
+        self.model = pn.widgets.Select(name="Model", options=models, value=model)
+        self.method = pn.widgets.Select(
+            name="Pruning method", options={m.display_name: name for name, m in METHODS.items()},
+        )
+        self.description = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"}, margin=(0, 10))
+        self.sparsity = pn.widgets.FloatSlider(
+            name="Global sparsity", start=0.0, end=MAX_SPARSITY, step=STEP, value=0.0, format="0%",
+        )
+        self.n = pn.widgets.IntInput(name="N (weights kept per group)", start=1, value=2, width=135)
+        self.m = pn.widgets.IntInput(name="M (group size)", start=2, value=4, width=135)
+        self.nm_row = pn.Row(self.n, self.m, visible=False)
+        self.norm = pn.widgets.RadioButtonGroup(name="Channel norm", options={"L1 norm": "l1", "L2 norm": "l2"},
+                                                visible=False)
+        self.skip_first_last = pn.widgets.Checkbox(name="Keep first and last layer dense")
+        self.seed = pn.widgets.IntInput(name="Seed (random, SNIP)", start=0, value=0)
+        self.layer_note = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"}, margin=(0, 10))
+        self.layer_box = pn.Column(sizing_mode="stretch_width")
+        self.layer_sliders: dict[str, pn.widgets.FloatSlider] = {}
+
+    def set_layers(self, layers: list[str]) -> dict[str, pn.widgets.FloatSlider]:
+        """Replace the per-layer sliders with one per layer of ``layers`` (returns them)."""
+        self.layer_sliders = {
+            name: pn.widgets.FloatSlider(name=name, start=0.0, end=MAX_SPARSITY, step=STEP,
+                                         value=0.0, format="0.0%", sizing_mode="stretch_width")
+            for name in layers
+        }
+        self.layer_box.objects = list(self.layer_sliders.values())
+        return self.layer_sliders
+
+    def show(self, explorer: "Explorer") -> None:
+        """Make every widget show ``explorer``'s state (callers suppress the widgets' callbacks)."""
+        state = explorer.state
+        is_nm, is_channel = state.method == "nm", state.method == "channel"
+        self.model.value = explorer.name
+        self.method.value = state.method
+        self.description.object = METHODS[state.method].description
+        self.sparsity.param.update(value=min(state.sparsity, MAX_SPARSITY), disabled=is_nm)
+        self.sparsity.name = "Global sparsity (1 − N/M)" if is_nm else (
+            "Channels removed per layer" if is_channel else "Global sparsity")
+        self.n.value, self.m.value = state.n, state.m
+        self.nm_row.visible = is_nm
+        self.norm.param.update(value=state.norm, visible=is_channel)
+        self.skip_first_last.value = state.skip_first_last
+        self.seed.value = state.seed
+        nm_step = 1.0 - state.n / state.m
+        values = layer_slider_values(explorer)
+        last = explorer.layers[-1]
+        for name, slider in self.layer_sliders.items():
+            hand = name in state.layer_sparsity
+            label = f"{name} · set by hand" if hand else name
+            if is_nm:
+                bounds = {"start": 0.0, "end": nm_step, "step": nm_step}
+            else:
+                bounds = {"start": 0.0, "end": MAX_SPARSITY, "step": STEP}
+            slider.param.update(**bounds, value=min(values[name], bounds["end"]), name=label,
+                                disabled=is_channel and name == last)
+        if is_nm:
+            self.layer_note.object = f"Each layer is dense or {state.n}:{state.m} sparse."
+        elif is_channel:
+            self.layer_note.object = ("Fraction of output channels removed; the last layer's outputs "
+                                      "are the model's outputs and stay.")
+        else:
+            self.layer_note.object = "Achieved sparsity of each layer; drag one to set it by hand."
+
+    def widgets(self) -> list[pn.viewable.Viewable]:
+        """The sidebar's contents, top to bottom."""
+        return [
+            self.model, self.method, self.description, self.sparsity, self.nm_row, self.norm,
+            self.skip_first_last, self.seed,
+            pn.pane.HTML("<b>Per-layer sparsity</b>", margin=(12, 10, 0, 10)), self.layer_note,
+            self.layer_box,
+        ]

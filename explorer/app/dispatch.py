@@ -1,0 +1,71 @@
+"""Getting results from compute threads back onto one browser session's document, safely.
+
+Bokeh documents may only be changed while their lock is held, on the server's event loop. The
+compute threads (:class:`~prunescope.explorer.worker.LatestWorker`) call their callbacks on their
+own thread, so every view update they cause goes through a :class:`SessionDispatcher`: it
+captures the session's document when the app is built (inside the session) and hands each
+update to ``pn.state.execute(..., schedule=True)`` with that document set as Panel's current
+one. Panel then calls ``doc.add_next_tick_callback`` (the one Document method Bokeh allows from
+other threads) and runs the update on the event loop, under the document lock, with errors
+reported through Panel's exception handler instead of killing the loop.
+
+Outside a server (tests, a notebook without a session) there is no event loop to hop to: updates
+run at once on the calling thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+import panel as pn
+from panel.io.state import set_curdoc
+
+log = logging.getLogger(__name__)
+
+
+class SessionDispatcher:
+    """Run callables on the event loop of the session that built this object, from any thread."""
+
+    def __init__(self) -> None:
+        doc = pn.state.curdoc
+        self._doc = doc if doc is not None and doc.session_context is not None else None
+        self._closed = threading.Event()
+
+    @property
+    def served(self) -> bool:
+        """Whether this object belongs to a live server session (else updates run inline)."""
+        return self._doc is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def __call__(self, update: Callable[[], None]) -> None:
+        """Schedule ``update`` on the session's event loop (inline when not served); no-op once closed."""
+        if self.closed:
+            return
+        if self._doc is None:
+            update()
+            return
+        try:
+            with set_curdoc(self._doc):
+                pn.state.execute(update, schedule=True)
+        except Exception:  # noqa: BLE001 - the session may be going away under us
+            log.debug("dropped an update for a closing session", exc_info=True)
+
+    def on_destroyed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the browser session ends (nothing is registered when not served)."""
+        if self._doc is None:
+            return
+
+        def destroyed(session_context) -> None:
+            self._closed.set()
+            callback()
+
+        self._doc.on_session_destroyed(destroyed)
+
+    def close(self) -> None:
+        """Drop every later update (the session is over)."""
+        self._closed.set()

@@ -1,0 +1,274 @@
+"""Measured sensitivity curves, computed in the background with a progress bar and a Cancel button."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Callable
+
+import panel as pn
+from bokeh.models import ColumnDataSource, Legend, LegendItem, Range1d
+from bokeh.plotting import figure
+
+from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.palette import OKABE_ITO, method_style, series_colour
+from prunescope.explorer.pruning import METHODS
+from prunescope.explorer.sensitivity import Cancelled
+from prunescope.explorer.worker import LatestWorker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunescope.explorer.engine import Explorer
+    from prunescope.explorer.metrics import Metrics
+    from prunescope.explorer.sensitivity import SensitivityResult
+
+_CURRENT = {"x": [], "y": [], "label": []}
+
+
+def _curve_figure(title: str, x_label: str) -> figure:
+    fig = figure(
+        title=title, height=330, sizing_mode="stretch_width", x_range=Range1d(-2, 102),
+        y_range=Range1d(0, 102), tools="save,hover", output_backend="svg",
+        x_axis_label=x_label, y_axis_label="Top-1 accuracy on the test split (%)",
+        tooltips=[("series", "@label"), ("sparsity", "@x{0.0} %"), ("accuracy", "@y{0.0} %")],
+    )
+    fig.toolbar.logo = None
+    fig.title.text_font_size = "13px"
+    fig.axis.axis_label_text_font_style = "normal"
+    fig.add_layout(Legend(location="bottom_left", label_text_font_size="11px",
+                          background_fill_alpha=0.7, spacing=0, padding=4))
+    return fig
+
+
+class SensitivityView(pn.viewable.Viewer):
+    """Accuracy vs sparsity per method and per layer, with the current setting marked.
+
+    The sweep runs on this view's own worker thread (so live evaluation never waits behind it);
+    results are kept per model for the session and drawn again when its model comes back.
+    """
+
+    def __init__(self, dispatch: SessionDispatcher, on_error: Callable[[BaseException], None]) -> None:
+        super().__init__()
+        self._dispatch = dispatch
+        self._on_error = on_error
+        self._worker = LatestWorker(name="prunescope-sensitivity")
+        self._cancel: threading.Event | None = None
+        self._explorer: Explorer | None = None
+        self.results: dict[str, SensitivityResult] = {}
+        self._method = ""
+        self._last_percent = -1
+
+        self.run_button = pn.widgets.Button(name="Run sensitivity sweep", button_type="primary", width=190)
+        self.cancel_button = pn.widgets.Button(name="Cancel", button_type="default", width=90, disabled=True)
+        self.progress = pn.indicators.Progress(value=0, max=100, width=260, visible=False, margin=(18, 10))
+        self.status = pn.pane.HTML("", margin=(14, 10), styles={"font-size": "13px", "color": "#374151"})
+        self.run_button.on_click(lambda event: self.run())
+        self.cancel_button.on_click(lambda event: self.cancel())
+
+        self.method_source = ColumnDataSource({"xs": [], "ys": [], "label": [], "color": [], "width": []})
+        self.method_points = ColumnDataSource({"x": [], "y": [], "label": [], "color": [], "marker": []})
+        self.current = ColumnDataSource(dict(_CURRENT))
+        self.method_figure = _curve_figure(
+            "Accuracy vs sparsity, per method (whole model)",
+            "Weight sparsity (% of prunable weights removed)",
+        )
+        self._draw_curves(self.method_figure, self.method_source, self.method_points)
+        star = self.method_figure.scatter(
+            "x", "y", source=self.current, marker="star", size=20,
+            fill_color=OKABE_ITO["yellow"], line_color="black", line_width=1.5,
+        )
+        self.method_figure.legend[0].items.append(LegendItem(label="current setting", renderers=[star]))
+
+        self.layer_source = ColumnDataSource({"xs": [], "ys": [], "label": [], "color": [], "width": []})
+        self.layer_points = ColumnDataSource({"x": [], "y": [], "label": [], "color": [], "marker": []})
+        self.layer_marks = ColumnDataSource({"x": [], "y0": [], "y1": [], "color": [], "label": []})
+        self.layer_figure = _curve_figure(
+            "Accuracy vs sparsity, one layer pruned alone by magnitude (dashed: each layer now)",
+            "Sparsity of that layer (% of its weights removed)",
+        )
+        self._draw_curves(self.layer_figure, self.layer_source, self.layer_points)
+        self.layer_figure.segment(
+            x0="x", x1="x", y0="y0", y1="y1", source=self.layer_marks, color="color",
+            line_dash="dashed", line_width=1.5, alpha=0.9,
+        )
+        self._layout = pn.Column(
+            pn.Row(self.run_button, self.cancel_button, self.progress, self.status),
+            pn.Row(pn.pane.Bokeh(self.method_figure, sizing_mode="stretch_width"),
+                   pn.pane.Bokeh(self.layer_figure, sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
+
+    @staticmethod
+    def _draw_curves(fig: figure, lines: ColumnDataSource, points: ColumnDataSource) -> None:
+        fig.multi_line("xs", "ys", source=lines, color="color", line_width="width",
+                       legend_field="label")
+        fig.scatter("x", "y", source=points, color="color", marker="marker", size=7)
+
+    # ------------------------------------------------------------------------------ running
+    @property
+    def running(self) -> bool:
+        return self._cancel is not None
+
+    def set_explorer(self, explorer: "Explorer") -> None:
+        """Show ``explorer``'s curves if this session measured them; a sweep of another model stops."""
+        if self._explorer is not explorer and self._cancel is not None:
+            self.cancel()
+        if self._explorer is not explorer:
+            self.mark_measured(None)
+        self._explorer = explorer
+        result = self.results.get(explorer.name)
+        if result is None:
+            self._clear()
+            if not self.running:
+                self.status.object = (f"Not measured for <b>{explorer.name}</b> yet: "
+                                      "the sweep evaluates every method and every layer at 11 sparsities.")
+        else:
+            self._show(result)
+
+    def run(self) -> None:
+        """Start the sweep for the current model in the background (no-op while one runs)."""
+        explorer = self._explorer
+        if explorer is None or self.running:
+            return
+        if explorer.name in self.results:
+            self._show(self.results[explorer.name])
+            return
+        cancel = threading.Event()
+        self._cancel = cancel
+        self._last_percent = -1
+        self.run_button.disabled = True
+        self.cancel_button.disabled = False
+        self.progress.param.update(value=0, visible=True)
+        self.status.object = f"Measuring <b>{explorer.name}</b>…"
+
+        def progress(done: int, total: int) -> None:  # on the worker thread
+            percent = int(100 * done / total)
+            if percent != self._last_percent:
+                self._last_percent = percent
+                self._dispatch(lambda: self._show_progress(cancel, done, total))
+
+        def job() -> "SensitivityResult":
+            return explorer.sensitivity(progress=progress, cancel=cancel)
+
+        self._worker.submit(
+            job,
+            on_done=lambda result: self._dispatch(lambda: self._finished(explorer, cancel, result)),
+            on_error=lambda err: self._dispatch(lambda: self._failed(cancel, err)),
+        )
+
+    def cancel(self) -> None:
+        """Stop the running sweep after its current evaluation."""
+        if self._cancel is not None:
+            self._cancel.set()
+            self.cancel_button.disabled = True
+            self.status.object = "Cancelling…"
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no sweep runs (tests and scripts)."""
+        return self._worker.wait_idle(timeout)
+
+    def close(self) -> None:
+        """Stop the sweep and the worker thread (session ended)."""
+        if self._cancel is not None:
+            self._cancel.set()
+        self._worker.close()
+
+    def _show_progress(self, cancel: threading.Event, done: int, total: int) -> None:
+        if self._cancel is cancel and not cancel.is_set():
+            self.progress.value = int(100 * done / total)
+            self.status.object = f"Measuring: {done} of {total} evaluations"
+
+    def _idle_controls(self) -> None:
+        self._cancel = None
+        self.run_button.disabled = False
+        self.cancel_button.disabled = True
+        self.progress.visible = False
+
+    def _finished(self, explorer: "Explorer", cancel: threading.Event, result: "SensitivityResult") -> None:
+        if self._cancel is not cancel:
+            return
+        self._idle_controls()
+        self.results[explorer.name] = result
+        if explorer is self._explorer:
+            self._show(result)
+
+    def _failed(self, cancel: threading.Event, err: BaseException) -> None:
+        if self._cancel is not cancel:
+            return
+        self._idle_controls()
+        if isinstance(err, Cancelled):
+            self.status.object = f"Cancelled: {err}."
+        else:
+            self.status.object = "The sweep failed (see the alert above)."
+            self._on_error(err)
+
+    # ------------------------------------------------------------------------------ drawing
+    def _clear(self) -> None:
+        for source in (self.method_source, self.method_points, self.layer_source, self.layer_points):
+            source.data = {k: [] for k in source.data}
+
+    def _show(self, result: "SensitivityResult") -> None:
+        by_method, by_layer = result.by_method, result.by_layer
+        methods = list(dict.fromkeys(by_method["method"]))
+        styles = [method_style(m, i) for i, m in enumerate(methods)]
+        method_curves = [by_method[by_method["method"] == m] for m in methods]
+        labels = [METHODS[m].display_name if m in METHODS else m for m in methods]
+        self._set_curves(
+            self.method_source, self.method_points, labels, [s[0] for s in styles],
+            [s[1] for s in styles], [c["weight_sparsity"] for c in method_curves],
+            [c["accuracy"] for c in method_curves],
+        )
+        self._widths(methods)
+        layers = list(dict.fromkeys(by_layer["layer"]))
+        layer_curves = [by_layer[by_layer["layer"] == name] for name in layers]
+        self._set_curves(
+            self.layer_source, self.layer_points, layers,
+            [series_colour(i) for i in range(len(layers))], ["circle"] * len(layers),
+            [c["sparsity"] for c in layer_curves], [c["accuracy"] for c in layer_curves],
+        )
+        evaluations = len(by_method) + len(by_layer)
+        self.status.object = f"Measured: {evaluations} evaluations on the test split."
+
+    @staticmethod
+    def _set_curves(lines, points, labels, colours, markers, xs, ys) -> None:
+        lines.data = {
+            "xs": [[100 * float(v) for v in x] for x in xs],
+            "ys": [[100 * float(v) for v in y] for y in ys],
+            "label": labels, "color": colours, "width": [2.0] * len(labels),
+        }
+        points.data = {
+            "x": [100 * float(v) for x in xs for v in x],
+            "y": [100 * float(v) for y in ys for v in y],
+            "label": [lab for lab, x in zip(labels, xs) for _ in range(len(x))],
+            "color": [c for c, x in zip(colours, xs) for _ in range(len(x))],
+            "marker": [m for m, x in zip(markers, xs) for _ in range(len(x))],
+        }
+
+    def _widths(self, methods: list[str]) -> None:
+        if self.method_source.data["label"]:
+            self.method_source.data["width"] = [4.0 if m == self._method else 1.6 for m in methods]
+            self.method_source.data = dict(self.method_source.data)
+
+    def mark(self, method: str, layer_sparsity: dict[str, float]) -> None:
+        """Mark the current setting: its method's curve drawn thicker, a dashed line at each layer's sparsity."""
+        self._method = method
+        result = self.results.get(self._explorer.name) if self._explorer is not None else None
+        if result is not None:
+            self._widths(list(dict.fromkeys(result.by_method["method"])))
+        names = list(layer_sparsity)
+        self.layer_marks.data = {
+            "x": [100 * float(layer_sparsity[n]) for n in names], "y0": [0.0] * len(names),
+            "y1": [102.0] * len(names), "color": [series_colour(i) for i in range(len(names))],
+            "label": names,
+        }
+
+    def mark_measured(self, metrics: "Metrics | None") -> None:
+        """A star at the measured (weight sparsity, accuracy) of the current setting; None hides it."""
+        if metrics is None:
+            self.current.data = dict(_CURRENT)
+            return
+        label = METHODS[self._method].display_name if self._method in METHODS else self._method
+        self.current.data = {"x": [100 * metrics.sparsity], "y": [100 * metrics.accuracy],
+                             "label": [f"current: {label}"]}
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._layout
