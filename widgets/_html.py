@@ -25,50 +25,63 @@ def si(value: float) -> str:
     return f"{value:.3g} "
 
 
-def _cell(key: str, value: float, text: str, pending: bool = False, dense: bool = False) -> str:
+def _cell(key: str, value: float | None, text: str, pending: bool = False, dense: bool = False) -> str:
     """One ``<td>`` carrying the exact value in ``data-value`` (for tests and copy-paste)."""
     attr = "data-dense" if dense else "data-metric"
     style = "text-align:right;padding:2px 10px;font-variant-numeric:tabular-nums;"
+    if value is None:
+        return f'<td {attr}="{key}" style="{style}color:{PENDING_COLOUR}">&ndash;</td>'
     title = f"{value!r}"
     if pending:
         style += f"color:{PENDING_COLOUR};"
-        title += " (measuring the new setting...)"
+        title += " (of the previous setting; measuring this one)"
         text += " &hellip;"
     return f'<td {attr}="{key}" data-value="{value!r}" title="{title}" style="{style}">{text}</td>'
 
 
-def metrics_table(cost: "Cost", measured: "Metrics | None", dense: "Metrics", pending: bool) -> str:
+_ROWS = (  # label, Metrics field, format; the FLOPs row gets the reduction factor added
+    ("Weight sparsity", "sparsity", "{:.1%}"),
+    ("Accuracy", "accuracy", "{:.2%}"),
+    ("Loss (cross-entropy)", "loss", "{:.4f}"),
+    ("Nonzero parameters", "params_nonzero", "{:,}"),
+    ("FLOPs per sample", "flops_effective", None),
+)
+_MEASURED = {"accuracy", "loss"}
+
+
+def _text(fmt: str | None, value: float) -> str:
+    return f"{si(value)}FLOP" if fmt is None else fmt.format(value)
+
+
+def metrics_table(cost: "Cost", measured: "Metrics | None", dense: "Metrics | None", pending: bool) -> str:
     """The live metrics: instant ``cost`` numbers, ``measured`` accuracy/loss, dense values beside.
 
-    ``measured`` is the last evaluation shown; while ``pending`` it belongs to an earlier setting
-    and is greyed out with an ellipsis until the new measurement arrives.
+    ``measured`` is the last evaluation done; while ``pending`` it belongs to an earlier setting
+    and is greyed out with an ellipsis. ``None`` (not measured yet) shows a dash.
     """
-    accuracy = measured.accuracy if measured is not None else float("nan")
-    loss = measured.loss if measured is not None else float("nan")
-    stale = pending or measured is None
-    rows = [
-        ("Weight sparsity", "sparsity", cost.sparsity, f"{cost.sparsity:.1%}",
-         dense.sparsity, f"{dense.sparsity:.1%}", False),
-        ("Accuracy", "accuracy", accuracy, f"{accuracy:.2%}", dense.accuracy, f"{dense.accuracy:.2%}", stale),
-        ("Loss (cross-entropy)", "loss", loss, f"{loss:.4f}", dense.loss, f"{dense.loss:.4f}", stale),
-        ("Nonzero parameters", "params_nonzero", cost.params_nonzero, f"{cost.params_nonzero:,}",
-         dense.params_nonzero, f"{dense.params_nonzero:,}", False),
-        ("FLOPs per sample", "flops_effective", cost.flops_effective,
-         f"{si(cost.flops_effective)}FLOP (&times;{cost.flops_reduction:.2f} fewer)",
-         dense.flops_effective, f"{si(dense.flops_effective)}FLOP", False),
-    ]
-    body = "".join(
-        f'<tr><th style="text-align:left;padding:2px 10px;font-weight:normal">{label}</th>'
-        f"{_cell(key, value, text, pending=grey)}{_cell(key, dense_value, dense_text, dense=True)}</tr>"
-        for label, key, value, text, dense_value, dense_text, grey in rows
-    )
+    body = []
+    for label, key, fmt in _ROWS:
+        source = measured if key in _MEASURED else cost
+        value = None if source is None else getattr(source, key)
+        text = "" if value is None else _text(fmt, value)
+        if key == "flops_effective":
+            text += f" (&times;{cost.flops_reduction:.2f} fewer)"
+        dense_value = None if dense is None else getattr(dense, key)
+        dense_text = "" if dense_value is None else _text(fmt, dense_value)
+        body.append(
+            f'<tr><th style="text-align:left;padding:2px 10px;font-weight:normal">{label}</th>'
+            f"{_cell(key, value, text, pending=pending and key in _MEASURED)}"
+            f"{_cell(key, dense_value, dense_text, dense=True)}</tr>"
+        )
     head = (
         '<tr><th></th><th style="text-align:right;padding:2px 10px">pruned</th>'
         '<th style="text-align:right;padding:2px 10px">dense</th></tr>'
     )
-    samples = f"measured on {dense.samples:,} test samples" if dense.samples else ""
+    samples = f"accuracy and loss measured on {dense.samples:,} evaluation samples" if dense else ""
     caption = f'<caption style="caption-side:bottom;color:{PENDING_COLOUR};font-size:85%">{samples}</caption>'
-    return f'<table class="prunescope-metrics" style="border-collapse:collapse">{caption}{head}{body}</table>'
+    return (
+        f'<table class="prunescope-metrics" style="border-collapse:collapse">{caption}{head}{"".join(body)}</table>'
+    )
 
 
 def layer_readout(kept: int, params: int, hand_set: bool) -> str:

@@ -6,9 +6,12 @@ The widget holds no pruning logic and no copy of the state. Moving a control cal
 anywhere (this widget, a second widget, ``ex.prune(...)`` in a later cell, the Panel app) shows up
 here the same way. A guard flag stops the redraw from calling the engine again.
 
-Instant numbers (sparsity, parameters, FLOPs from ``explorer.cost()``) are drawn on every slider
-value; accuracy and loss are measured by ``explorer.evaluate()`` on a per-widget
-:class:`~prunescope.explorer.worker.LatestWorker`, so a fast drag never queues stale evaluations.
+Instant numbers (sparsity, parameters, FLOPs from ``explorer.cost()``) are drawn first on every
+slider value, then ``explorer.evaluate()`` measures accuracy and loss (a few ms on the sample
+models, memoised). Both run on the thread that changed the state, the kernel's thread in a
+notebook: the engine's evaluation swaps the module's weights while it runs, so it must not run
+on a second thread beside user code. A fast drag does not pile up work because the Jupyter
+frontend coalesces slider values while the kernel is busy (latest value wins).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 import ipywidgets as widgets
 
 from prunescope.explorer.pruning import METHODS
-from prunescope.explorer.worker import LatestWorker
 from prunescope.widgets._html import error_line, layer_readout, metrics_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,12 +69,11 @@ class ExplorerWidget(widgets.VBox):
     def __init__(self, explorer: "Explorer", **kwargs: Any) -> None:
         self.explorer = explorer
         self.error: str | None = None
-        self._dense = explorer.dense_metrics()
+        self._dense: Metrics | None = None
         self._measured: Metrics | None = None
-        self._measured_spec: tuple | None = None
+        self._measured_key: tuple | None = None  # (spec, backend) of ``_measured``
         self._local = threading.local()  # the guard flag, per thread: watchers run on the caller's thread
         self._draw_lock = threading.RLock()
-        self._worker = LatestWorker(name=f"prunescope-widget-{explorer.name}")
 
         self.method = widgets.Dropdown(
             options=[(METHODS[name].display_name, name) for name in explorer.methods],
@@ -108,11 +109,7 @@ class ExplorerWidget(widgets.VBox):
         ]
         super().__init__(children=children, **kwargs)
 
-        try:  # the first numbers without waiting for the worker
-            self._show_metrics(explorer.evaluate(), explorer.state.spec())
-        except ValueError as err:
-            self._evaluation_failed(err)
-        self._draw(evaluate=self._measured is None)
+        self._draw()
         self.method.observe(self._on_method, "value")
         self.n.observe(self._on_nm, "value")
         self.m.observe(self._on_nm, "value")
@@ -153,13 +150,12 @@ class ExplorerWidget(widgets.VBox):
 
     def _apply(self, change_state) -> None:
         """Run one engine call; on a ValueError show it and put the controls back to the state."""
+        self._set_error(None)
         try:
             change_state()
         except ValueError as err:
             self._set_error(str(err))
-            self._draw(evaluate=False)  # the state is unchanged: redraw it over the rejected input
-        else:
-            self._set_error(None)
+            self._draw()  # the state is unchanged: redraw it over the rejected input
 
     # ------------------------------------------------------------------ engine -> controls
     @property
@@ -180,8 +176,8 @@ class ExplorerWidget(widgets.VBox):
         self._set_error(None)
         self._draw()
 
-    def _draw(self, evaluate: bool = True) -> None:
-        """Set every control and the instant numbers from ``explorer.state``; measure in the background."""
+    def _draw(self) -> None:
+        """Set every control and the instant numbers from ``explorer.state``, then measure."""
         explorer, state = self.explorer, self.explorer.state
         with self._draw_lock, self._guard():
             spec = state.spec()
@@ -210,28 +206,26 @@ class ExplorerWidget(widgets.VBox):
                 self.layer_readouts[name].value = layer_readout(
                     int(table.at[name, "kept"]), int(table.at[name, "params"]), name in state.layer_sparsity
                 )
-            measured_now = self._measured is not None and self._measured_spec == (spec, state.backend)
-            self.metrics_html.value = metrics_table(cost, self._measured, self._dense, pending=not measured_now)
-        if evaluate and not measured_now:
-            backend = state.backend
-            self._worker.submit(
-                lambda: explorer.evaluate(backend=backend, spec=spec),
-                lambda metrics: self._show_metrics(metrics, spec, backend),
-                self._evaluation_failed,
-            )
+            key = (spec, state.backend)
+            fresh = self._measured_key == key
+            self.metrics_html.value = metrics_table(cost, self._measured, self._dense, pending=not fresh)
+        if not fresh:
+            self._measure(key)
 
-    def _show_metrics(self, metrics: "Metrics", spec, backend: str | None = None) -> None:
-        """Show a measurement if it is of the current setting (called on the worker thread)."""
+    def _measure(self, key: tuple) -> None:
+        """Evaluate setting ``key = (spec, backend)`` and show it if it is still the current one."""
+        spec, backend = key
+        try:
+            dense = self.explorer.dense_metrics()
+            metrics = self.explorer.evaluate(backend=backend, spec=spec)
+        except Exception as err:  # noqa: BLE001 - shown in the widget, never raised into the frontend
+            self._set_error(f"could not evaluate this setting: {err}")
+            return
         state = self.explorer.state
-        backend = backend or state.backend
         with self._draw_lock:
-            if (spec, backend) != (state.spec(), state.backend):
-                return  # the state moved on; its own measurement is on the way
-            self._measured, self._measured_spec = metrics, (spec, backend)
-            self.metrics_html.value = metrics_table(metrics, metrics, self._dense, pending=False)
-
-    def _evaluation_failed(self, err: BaseException) -> None:
-        self._set_error(f"could not evaluate this setting: {err}")
+            self._dense, self._measured, self._measured_key = dense, metrics, key
+            if key == (state.spec(), state.backend):
+                self.metrics_html.value = metrics_table(metrics, metrics, dense, pending=False)
 
     def _set_error(self, message: str | None) -> None:
         self.error = message
@@ -243,16 +237,11 @@ class ExplorerWidget(widgets.VBox):
         """The measurement on display (``None`` before the first one)."""
         return self._measured
 
-    def wait(self, timeout: float = 30.0) -> bool:
-        """Block until the background measurement is done (scripts and tests); returns success."""
-        return self._worker.wait_idle(timeout)
-
     def close(self) -> None:
-        """Stop following the state, stop the worker and close the controls."""
+        """Stop following the state and close the controls."""
         if getattr(self, "_watcher", None) is not None:
             self.explorer.state.param.unwatch(self._watcher)
             self._watcher = None
-            self._worker.close()
         _close_tree(self.children)
         super().close()
 
