@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.metrics import Metrics
     from prunescope.explorer.state import PruneSpec
 
-_SYSTEM_FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 _STATE_PARAMS = ["method", "sparsity", "layer_sparsity", "n", "m", "norm", "skip_first_last", "seed", "backend"]
 
 
@@ -247,15 +246,15 @@ class ExplorerApp(pn.viewable.Viewer):
             self.sensitivity,
         ]
 
-    def template(self) -> pn.template.FastListTemplate:
-        """The served page: a FastListTemplate with local fonts only (no CDN, no web fonts)."""
-        return pn.template.FastListTemplate(
+    def template(self) -> pn.template.BootstrapTemplate:
+        """The served page: Panel's BootstrapTemplate, whose CSS and JS Panel bundles and serves
+        itself (FastListTemplate's design pulls a Google web font, so it fails offline)."""
+        return pn.template.BootstrapTemplate(
             title="Prunescope", sidebar=self.controls.widgets(), main=self._main(),
-            accent=ACCENT, font=_SYSTEM_FONT, font_url="", theme_toggle=False,
-            sidebar_width=320, main_layout=None,
+            header_background=ACCENT, header_color="#ffffff", sidebar_width=330,
         )
 
-    def servable(self, title: str | None = None, **kwargs: Any) -> pn.template.FastListTemplate:
+    def servable(self, title: str | None = None, **kwargs: Any) -> pn.template.BootstrapTemplate:
         """Serve the full page (template with sidebar) in ``panel serve``."""
         return self.template().servable(title=title or "Prunescope", **kwargs)
 

@@ -13,11 +13,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _CSS = """
 .ps-metric { font-family: system-ui, sans-serif; padding: 8px 14px; border-radius: 6px;
-  background: #f7f9fb; border-left: 4px solid #0072B2; min-width: 170px; }
+  background: #f7f9fb; border-left: 4px solid #0072B2; }
 .ps-metric.ps-pending .ps-value { color: #6b7280; }
 .ps-title { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #4b5563; }
-.ps-value { font-size: 26px; font-weight: 600; color: #111827; line-height: 1.25; }
-.ps-dense { font-size: 12px; color: #4b5563; }
+.ps-value { font-size: 24px; white-space: nowrap; font-weight: 600; color: #111827; line-height: 1.25; }
+.ps-dense { font-size: 12px; color: #4b5563; white-space: nowrap; }
 .ps-dense b { color: #111827; font-weight: 600; }
 """
 
@@ -34,7 +34,8 @@ class MetricCard(pn.viewable.Viewer):
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
-        self._pane = pn.pane.HTML(self._html(), stylesheets=[_CSS], margin=(4, 6))
+        self._pane = pn.pane.HTML(self._html(), stylesheets=[_CSS], margin=(4, 6),
+                                  styles={"flex": "1 1 185px"})
         self.param.watch(self._render, ["title", "value", "dense", "note", "pending"])
 
     def _html(self) -> str:
@@ -59,7 +60,7 @@ def _percent(fraction: float) -> str:
 
 
 def _mflops(flops: int) -> str:
-    return f"{flops / 1e6:.3f} MFLOPs"
+    return f"{flops / 1e6:.3f}"
 
 
 class MetricsPanel(pn.viewable.Viewer):
@@ -70,11 +71,11 @@ class MetricsPanel(pn.viewable.Viewer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.accuracy = MetricCard(key="accuracy", title="Top-1 accuracy (test)")
-        self.loss = MetricCard(key="loss", title="Cross-entropy loss (nats)")
-        self.params_nonzero = MetricCard(key="params", title="Non-zero parameters")
-        self.flops = MetricCard(key="flops", title="FLOPs per sample")
-        self.sparsity = MetricCard(key="sparsity", title="Weight sparsity (prunable)")
+        self.accuracy = MetricCard(key="accuracy", title="Accuracy (test)")
+        self.loss = MetricCard(key="loss", title="Loss (cross-entropy)")
+        self.params_nonzero = MetricCard(key="params", title="Non-zero params")
+        self.flops = MetricCard(key="flops", title="MFLOPs / sample")
+        self.sparsity = MetricCard(key="sparsity", title="Weight sparsity")
         self.cards = [self.accuracy, self.loss, self.params_nonzero, self.flops, self.sparsity]
         self.cost: Cost | None = None
         self.metrics: Metrics | None = None

@@ -9,8 +9,10 @@ import panel as pn
 from bokeh.models import (
     ColumnDataSource,
     FactorRange,
+    FixedTicker,
     HoverTool,
     LabelSet,
+    Legend,
     LinearColorMapper,
     Range1d,
 )
@@ -43,10 +45,12 @@ class LayerSparsityChart(pn.viewable.Viewer):
         self.source = ColumnDataSource(self._empty())
         self.figure = figure(
             title="Per-layer sparsity", x_range=FactorRange(), y_range=Range1d(0, 105),
-            height=300, sizing_mode="stretch_width", tools="save", output_backend="svg",
+            height=270, sizing_mode="stretch_width", tools="save", output_backend="svg",
             x_axis_label="Prunable layer (execution order)",
-            y_axis_label="Sparsity (% of the layer's weights removed)",
+            y_axis_label="Sparsity (% of weights removed)",
         )
+        self.figure.add_layout(Legend(orientation="horizontal", location="top_left", label_text_font_size="11px",
+                                      background_fill_alpha=0.8, padding=3, spacing=12))
         self.figure.vbar(
             x="layer", top="sparsity_pct", width=0.7, source=self.source,
             color="color", legend_field="origin",
@@ -60,10 +64,7 @@ class LayerSparsityChart(pn.viewable.Viewer):
             ("weights kept", "@kept{0,0} of @params{0,0}"),
             ("FLOPs / sample", "@flops_effective{0,0} of @flops_dense{0,0}"),
         ]))
-        self.figure.legend.location = "top_left"
-        self.figure.legend.orientation = "horizontal"
-        self.figure.legend.label_text_font_size = "11px"
-        self.figure.legend.background_fill_alpha = 0.6
+        self.figure.yaxis.ticker = FixedTicker(ticks=[0, 20, 40, 60, 80, 100])  # the legend sits above 100
         _style(self.figure)
         self._pane = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
 
@@ -112,13 +113,13 @@ class MaskView(pn.viewable.Viewer):
         self.layer_select = pn.widgets.Select(name="Layer shown", options=[], width=200, margin=(0, 10))
         self.source = ColumnDataSource({"image": [], "dw": [], "dh": []})
         self.figure = figure(
-            title="Mask", height=300, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset,save",
+            title="Mask", height=270, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset,save",
             x_range=Range1d(0, 1), y_range=Range1d(1, 0),
             x_axis_label="Input weight index", y_axis_label="Output channel",
         )
         mapper = LinearColorMapper(palette=[PRUNED, KEPT], low=0, high=1)
         self.figure.image(image="image", x=0, y=0, dw="dw", dh="dh", source=self.source,
-                          color_mapper=mapper, origin="top_left", anchor="top_left")
+                          color_mapper=mapper)  # row 0 at the top: the y range runs rows -> 0
         _style(self.figure)
         self.figure.ygrid.grid_line_color = None
         self.layer: str | None = None

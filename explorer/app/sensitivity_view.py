@@ -25,7 +25,7 @@ _CURRENT = {"x": [], "y": [], "label": []}
 
 def _curve_figure(title: str, x_label: str) -> figure:
     fig = figure(
-        title=title, height=330, sizing_mode="stretch_width", x_range=Range1d(-2, 102),
+        title=title, height=300, sizing_mode="stretch_width", x_range=Range1d(-2, 102),
         y_range=Range1d(0, 102), tools="save,hover", output_backend="svg",
         x_axis_label=x_label, y_axis_label="Top-1 accuracy on the test split (%)",
         tooltips=[("series", "@label"), ("sparsity", "@x{0.0} %"), ("accuracy", "@y{0.0} %")],
@@ -67,7 +67,7 @@ class SensitivityView(pn.viewable.Viewer):
         self.method_points = ColumnDataSource({"x": [], "y": [], "label": [], "color": [], "marker": []})
         self.current = ColumnDataSource(dict(_CURRENT))
         self.method_figure = _curve_figure(
-            "Accuracy vs sparsity, per method (whole model)",
+            "Whole model, per method (star: current setting)",
             "Weight sparsity (% of prunable weights removed)",
         )
         self._draw_curves(self.method_figure, self.method_source, self.method_points)
@@ -81,7 +81,7 @@ class SensitivityView(pn.viewable.Viewer):
         self.layer_points = ColumnDataSource({"x": [], "y": [], "label": [], "color": [], "marker": []})
         self.layer_marks = ColumnDataSource({"x": [], "y0": [], "y1": [], "color": [], "label": []})
         self.layer_figure = _curve_figure(
-            "Accuracy vs sparsity, one layer pruned alone by magnitude (dashed: each layer now)",
+            "One layer pruned alone by magnitude (dashed: each layer now)",
             "Sparsity of that layer (% of its weights removed)",
         )
         self._draw_curves(self.layer_figure, self.layer_source, self.layer_points)
@@ -205,6 +205,7 @@ class SensitivityView(pn.viewable.Viewer):
     def _clear(self) -> None:
         for source in (self.method_source, self.method_points, self.layer_source, self.layer_points):
             source.data = {k: [] for k in source.data}
+        self.layer_figure.legend.visible = False
 
     def _show(self, result: "SensitivityResult") -> None:
         by_method, by_layer = result.by_method, result.by_layer
@@ -225,6 +226,7 @@ class SensitivityView(pn.viewable.Viewer):
             [series_colour(i) for i in range(len(layers))], ["circle"] * len(layers),
             [c["sparsity"] for c in layer_curves], [c["accuracy"] for c in layer_curves],
         )
+        self.layer_figure.legend.visible = True
         evaluations = len(by_method) + len(by_layer)
         self.status.object = f"Measured: {evaluations} evaluations on the test split."
 
