@@ -123,6 +123,9 @@ class Explorer:
         self._masks = _LRU(256)
         self._metrics = _LRU(256)
         self._sensitivity = _LRU(8)
+        # functional_call swaps the module's parameters for the duration of a call: one forward at
+        # a time per explorer (the app's evaluation and sensitivity workers share the model).
+        self._forward_lock = threading.RLock()
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
@@ -283,7 +286,7 @@ class Explorer:
         inputs, labels = self._calibration or (self._inputs, self._labels)
         pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size]
         weights = {f"{n}.weight": w.clone().requires_grad_(True) for n, w in self._weights.items()}
-        with _eval_mode(self._model):
+        with self._forward_lock, _eval_mode(self._model):
             logits = functional_call(self._model, weights, (inputs[pick],), strict=False)
             loss = nn.functional.cross_entropy(logits, labels[pick])
             grads = torch.autograd.grad(loss, list(weights.values()))
@@ -317,7 +320,7 @@ class Explorer:
         inputs = self._inputs if inputs is None else inputs
         weights = {f"{n}.weight": self._weights[n] * masks[n] for n in self.layers if n in masks}
         outs = []
-        with torch.no_grad(), _eval_mode(self._model):
+        with self._forward_lock, torch.no_grad(), _eval_mode(self._model):
             for start in range(0, len(inputs), self.batch_size):
                 outs.append(functional_call(self._model, weights, (inputs[start : start + self.batch_size],), strict=False))
         return torch.cat(outs)

@@ -188,3 +188,24 @@ def test_sensitivity_is_measured_cached_and_cancellable():
     cancel.set()
     with pytest.raises(Cancelled):
         ex.sensitivity(methods=["random"], sparsities=[0.5], cancel=cancel)
+
+
+def test_concurrent_evaluations_from_two_threads_agree_with_serial_ones():
+    ex = Explorer.from_sample("digits_mlp")
+    specs = [PruneSpec(method=m, sparsity=s) for m in ("lamp", "magnitude", "random") for s in (0.5, 0.8, 0.95)]
+    serial = {spec: Explorer.from_sample("digits_mlp").evaluate(spec=spec).accuracy for spec in specs}
+    results, errors = {}, []
+
+    def run(chunk):
+        try:
+            for spec in chunk:
+                results[spec] = ex.evaluate(spec=spec).accuracy
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(specs[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == serial
