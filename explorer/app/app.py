@@ -138,9 +138,7 @@ class ExplorerApp(pn.viewable.Viewer):
         """Show model ``name``, building its Explorer on first use with the sidebar's settings."""
         previous = self._explorer
         if name not in self._explorers:
-            from prunescope.explorer import Explorer
-
-            explorer = Explorer.from_sample(name)
+            explorer = self._build_explorer(name)
             explorer.state.param.watch(partial(self._on_state, explorer), _STATE_PARAMS)
             self._explorers[name] = explorer
         explorer = self._explorers[name]
@@ -164,6 +162,13 @@ class ExplorerApp(pn.viewable.Viewer):
             self._syncing = False
         self.sensitivity.set_explorer(explorer)
         self._refresh()
+
+    @staticmethod
+    def _build_explorer(name: str) -> "Explorer":
+        """A new Explorer of sample model ``name`` (imported here: the engine pulls in torch)."""
+        from prunescope.explorer import Explorer
+
+        return Explorer.from_sample(name)
 
     def _on_state(self, explorer: "Explorer", *events: param.parameterized.Event) -> None:
         if explorer is self._explorer:

@@ -38,21 +38,21 @@ class Controls:
     """Widgets of the sidebar; ``layer_sliders`` maps each prunable layer to its slider."""
 
     def __init__(self, models: list[str], model: str) -> None:
-        self.model = pn.widgets.Select(name="Model", options=models, value=model)
+        self.model = pn.widgets.Select(label="Model", options=models, value=model)
         self.method = pn.widgets.Select(
-            name="Pruning method", options={m.display_name: name for name, m in METHODS.items()},
+            label="Pruning method", options={m.display_name: name for name, m in METHODS.items()},
         )
         self.description = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"}, margin=(0, 10))
         self.sparsity = pn.widgets.FloatSlider(
-            name="Global sparsity", start=0.0, end=MAX_SPARSITY, step=STEP, value=0.0, format="0%",
+            label="Global sparsity", start=0.0, end=MAX_SPARSITY, step=STEP, value=0.0, format="0%",
         )
-        self.n = pn.widgets.IntInput(name="N (weights kept per group)", start=1, value=2, width=135)
-        self.m = pn.widgets.IntInput(name="M (group size)", start=2, value=4, width=135)
+        self.n = pn.widgets.IntInput(label="N (weights kept per group)", start=1, value=2, width=135)
+        self.m = pn.widgets.IntInput(label="M (group size)", start=2, value=4, width=135)
         self.nm_row = pn.Row(self.n, self.m, visible=False)
-        self.norm = pn.widgets.RadioButtonGroup(name="Channel norm", options={"L1 norm": "l1", "L2 norm": "l2"},
+        self.norm = pn.widgets.RadioButtonGroup(label="Channel norm", options={"L1 norm": "l1", "L2 norm": "l2"},
                                                 visible=False)
-        self.skip_first_last = pn.widgets.Checkbox(name="Keep first and last layer dense")
-        self.seed = pn.widgets.IntInput(name="Seed (random, SNIP)", start=0, value=0)
+        self.skip_first_last = pn.widgets.Checkbox(label="Keep first and last layer dense")
+        self.seed = pn.widgets.IntInput(label="Seed (random, SNIP)", start=0, value=0)
         self.layer_note = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"}, margin=(0, 10))
         self.layer_box = pn.Column(sizing_mode="stretch_width")
         self.layer_sliders: dict[str, pn.widgets.FloatSlider] = {}
@@ -60,7 +60,7 @@ class Controls:
     def set_layers(self, layers: list[str]) -> dict[str, pn.widgets.FloatSlider]:
         """Replace the per-layer sliders with one per layer of ``layers`` (returns them)."""
         self.layer_sliders = {
-            name: pn.widgets.FloatSlider(name=name, start=0.0, end=MAX_SPARSITY, step=STEP,
+            name: pn.widgets.FloatSlider(label=name, start=0.0, end=MAX_SPARSITY, step=STEP,
                                          value=0.0, format="0.0%", sizing_mode="stretch_width")
             for name in layers
         }
@@ -75,7 +75,7 @@ class Controls:
         self.method.value = state.method
         self.description.object = METHODS[state.method].description
         self.sparsity.param.update(value=min(state.sparsity, MAX_SPARSITY), disabled=is_nm)
-        self.sparsity.name = "Global sparsity (1 − N/M)" if is_nm else (
+        self.sparsity.label = "Global sparsity (1 − N/M)" if is_nm else (
             "Channels removed per layer" if is_channel else "Global sparsity")
         self.n.value, self.m.value = state.n, state.m
         self.nm_row.visible = is_nm
@@ -92,7 +92,7 @@ class Controls:
                 bounds = {"start": 0.0, "end": nm_step, "step": nm_step}
             else:
                 bounds = {"start": 0.0, "end": MAX_SPARSITY, "step": STEP}
-            slider.param.update(**bounds, value=min(values[name], bounds["end"]), name=label,
+            slider.param.update(**bounds, value=min(values[name], bounds["end"]), label=label,
                                 disabled=is_channel and name == last)
         if is_nm:
             self.layer_note.object = f"Each layer is dense or {state.n}:{state.m} sparse."

@@ -110,7 +110,7 @@ class MaskView(pn.viewable.Viewer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.layer_select = pn.widgets.Select(name="Layer shown", options=[], width=200, margin=(0, 10))
+        self.layer_select = pn.widgets.Select(label="Layer shown", options=[], width=200, margin=(0, 10))
         self.source = ColumnDataSource({"image": [], "dw": [], "dh": []})
         self.figure = figure(
             title="Mask", height=270, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset,save",

@@ -41,8 +41,10 @@ def _curve_figure(title: str, x_label: str) -> figure:
 class SensitivityView(pn.viewable.Viewer):
     """Accuracy vs sparsity per method and per layer, with the current setting marked.
 
-    The sweep runs on this view's own worker thread (so live evaluation never waits behind it);
-    results are kept per model for the session and drawn again when its model comes back.
+    The sweep runs on this view's own worker thread, so live evaluation on the session's worker
+    never queues behind it (the engine runs one forward pass at a time per model, so the two
+    interleave evaluation by evaluation). Results are kept per model for the session and drawn
+    again when its model comes back.
     """
 
     def __init__(self, dispatch: SessionDispatcher, on_error: Callable[[BaseException], None]) -> None:
@@ -56,8 +58,8 @@ class SensitivityView(pn.viewable.Viewer):
         self._method = ""
         self._last_percent = -1
 
-        self.run_button = pn.widgets.Button(name="Run sensitivity sweep", button_type="primary", width=190)
-        self.cancel_button = pn.widgets.Button(name="Cancel", button_type="default", width=90, disabled=True)
+        self.run_button = pn.widgets.Button(label="Run sensitivity sweep", color="primary", width=190)
+        self.cancel_button = pn.widgets.Button(label="Cancel", color="default", width=90, disabled=True)
         self.progress = pn.indicators.Progress(value=0, max=100, width=260, visible=False, margin=(18, 10))
         self.status = pn.pane.HTML("", margin=(14, 10), styles={"font-size": "13px", "color": "#374151"})
         self.run_button.on_click(lambda event: self.run())

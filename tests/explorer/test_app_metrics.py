@@ -1,0 +1,59 @@
+"""The metric cards show the engine's numbers: measured accuracy/loss, cost, and the dense reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunescope.explorer.app import ExplorerApp
+
+
+def _close(app: ExplorerApp) -> None:
+    """Let background work finish before closing: no torch call may outlive the test session."""
+    assert app.wait_idle() and app.sensitivity.wait_idle()
+    app.close()
+
+
+@pytest.fixture
+def app():
+    app = ExplorerApp(model="digits_mlp")
+    assert app.wait_idle()
+    yield app
+    _close(app)
+
+
+def test_cards_show_the_evaluation_of_the_current_state(app):
+    app.explorer.prune("lamp", sparsity=0.8)
+    assert app.wait_idle()
+    expected = app.explorer.evaluate()
+    dense = app.explorer.dense_metrics()
+    shown = app.metrics
+    assert shown.metrics.accuracy == expected.accuracy and shown.metrics.loss == expected.loss
+    assert shown.accuracy.value == f"{100 * expected.accuracy:.1f} %"
+    assert shown.accuracy.dense == f"{100 * dense.accuracy:.1f} %"
+    assert shown.loss.value == f"{expected.loss:.3f}" and shown.loss.dense == f"{dense.loss:.3f}"
+    assert shown.accuracy.note == f"{100 * (expected.accuracy - dense.accuracy):+.1f} pp"
+    assert not shown.accuracy.pending and not shown.loss.pending
+
+
+def test_cost_cards_follow_every_slider_value(app):
+    app.controls.sparsity.value = 0.5
+    cost = app.explorer.cost()  # shown at once, before any evaluation finishes
+    shown = app.metrics
+    assert shown.cost.params_nonzero == cost.params_nonzero
+    assert shown.params_nonzero.value == f"{cost.params_nonzero:,}"
+    assert shown.params_nonzero.dense == f"{cost.params_total:,}"
+    assert shown.flops.value == f"{cost.flops_effective / 1e6:.3f}"
+    assert shown.flops.dense == f"{cost.flops_dense / 1e6:.3f}"
+    assert shown.flops.note == f"{cost.flops_reduction:.2f}× fewer"
+    assert shown.sparsity.value == f"{100 * cost.sparsity:.1f} %"
+    assert app.wait_idle()
+    assert app.metrics.metrics.accuracy == app.explorer.evaluate().accuracy
+
+
+def test_card_html_carries_its_key_and_escapes_text(app):
+    card = app.metrics.accuracy
+    card.note = "<b>x</b>"
+    html = card.__panel__().object
+    assert 'data-metric="accuracy"' in html and "&lt;b&gt;x&lt;/b&gt;" in html
+    card.pending = True
+    assert "ps-pending" in card.__panel__().object

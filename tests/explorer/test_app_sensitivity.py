@@ -1,0 +1,108 @@
+"""The sensitivity view: background sweep with progress and Cancel, curves from the engine, current setting marked."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from prunescope.explorer import Explorer
+from prunescope.explorer.app import ExplorerApp
+from prunescope.explorer.pruning import METHODS
+from prunescope.explorer.state import PruneSpec
+
+
+def _wait(predicate, timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def _close(app: ExplorerApp) -> None:
+    """Let background work finish before closing: no torch call may outlive the test session."""
+    assert app.wait_idle() and app.sensitivity.wait_idle()
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def swept():
+    """An MLP app whose sweep ran while the slider kept moving (live evaluation alongside)."""
+    app = ExplorerApp(model="digits_mlp")
+    view = app.sensitivity
+    view.run()
+    assert view.running and view.progress.visible and view.run_button.disabled
+    for sparsity in (0.3, 0.6, 0.9, 0.8):
+        app.controls.method.value = "lamp"
+        app.controls.sparsity.value = sparsity
+        assert app.wait_idle()
+    assert view.wait_idle(120)
+    yield app
+    _close(app)
+
+
+def test_curves_are_the_measured_sweep(swept):
+    view = swept.sensitivity
+    result = view.results["digits_mlp"]
+    data = view.method_source.data
+    methods = list(dict.fromkeys(result.by_method["method"]))
+    assert data["label"] == [METHODS[m].display_name for m in methods]
+    lamp = result.by_method[result.by_method["method"] == "lamp"]
+    i = methods.index("lamp")
+    assert data["xs"][i] == pytest.approx(list(100 * lamp["weight_sparsity"]))
+    assert data["ys"][i] == pytest.approx(list(100 * lamp["accuracy"]))
+    # a point of the curve is what the engine measures for that setting on a fresh explorer
+    k = list(lamp["sparsity"]).index(0.8)
+    fresh = Explorer.from_sample("digits_mlp").evaluate(spec=PruneSpec(method="lamp", sparsity=0.8))
+    assert data["ys"][i][k] == pytest.approx(100 * fresh.accuracy)
+    layers = view.layer_source.data
+    assert layers["label"] == swept.explorer.layers
+    fc2 = result.by_layer[result.by_layer["layer"] == "fc2"]
+    assert layers["ys"][1] == pytest.approx(list(100 * fc2["accuracy"]))
+    assert "110 evaluations" in view.status.object
+    assert not view.running and not view.progress.visible and view.cancel_button.disabled
+
+
+def test_live_evaluation_during_the_sweep_is_correct(swept):
+    fresh = Explorer.from_sample("digits_mlp").evaluate(spec=swept.explorer.state.spec())
+    assert swept.metrics.metrics.accuracy == fresh.accuracy
+    assert swept.metrics.metrics.loss == fresh.loss
+
+
+def test_current_setting_is_marked(swept):
+    metrics = swept.metrics.metrics
+    view = swept.sensitivity
+    assert view.current.data["x"] == [pytest.approx(100 * metrics.sparsity)]
+    assert view.current.data["y"] == [pytest.approx(100 * metrics.accuracy)]
+    widths = dict(zip(view.method_source.data["label"], view.method_source.data["width"]))
+    assert widths["LAMP"] > widths["Random"]
+    achieved = swept.explorer.layer_sparsities()
+    assert view.layer_marks.data["x"] == pytest.approx([100 * achieved[n] for n in swept.explorer.layers])
+
+
+def test_cancel_stops_the_sweep_and_reports_it():
+    app = ExplorerApp(model="digits_mlp")
+    view = app.sensitivity
+    try:
+        view.run()
+        assert _wait(lambda: view.progress.value > 0), "no progress shown"
+        view.cancel()
+        assert view.wait_idle(30)
+        assert "Cancelled" in view.status.object
+        assert "digits_mlp" not in view.results and view.method_source.data["xs"] == []
+        assert not view.running and not view.run_button.disabled and not view.progress.visible
+    finally:
+        _close(app)
+
+
+def test_switching_model_cancels_the_sweep_and_redraws_kept_results(swept):
+    view = swept.sensitivity
+    swept.controls.model.value = "digits_cnn"
+    assert view.method_source.data["xs"] == [] and "Not measured" in view.status.object
+    view.run()
+    swept.controls.model.value = "digits_mlp"  # the CNN sweep is stopped; the MLP's curves come back
+    assert view.wait_idle(30)
+    assert "digits_cnn" not in view.results
+    assert len(view.method_source.data["xs"]) == 7
