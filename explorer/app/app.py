@@ -254,8 +254,10 @@ class ExplorerApp(pn.viewable.Viewer):
     def template(self) -> pn.template.BootstrapTemplate:
         """The served page: Panel's BootstrapTemplate, whose CSS and JS Panel bundles and serves
         itself (FastListTemplate's design pulls a Google web font, so it fails offline)."""
+        # One root per area: Bokeh re-walks the whole document for every root added.
         return pn.template.BootstrapTemplate(
-            title="Prunescope", sidebar=self.controls.widgets(), main=self._main(),
+            title="Prunescope", sidebar=[pn.Column(*self.controls.widgets(), sizing_mode="stretch_width")],
+            main=[pn.Column(*self._main(), sizing_mode="stretch_width")],
             header_background=ACCENT, header_color="#ffffff", sidebar_width=330,
         )
 

@@ -132,8 +132,9 @@ def test_page_is_a_bootstrap_template_with_the_views():
     try:
         page = app.template()
         assert isinstance(page, pn.template.BootstrapTemplate)  # Fast's design loads a Google font
-        assert app.controls.sparsity in page.sidebar.objects
-        main = page.main.objects
+        (sidebar,), (main,) = page.sidebar.objects, page.main.objects  # one root per area
+        assert app.controls.sparsity in sidebar.objects
+        main = main.objects
         assert any(view is app.metrics.__panel__() for view in main)
         assert any(view is app.sensitivity.__panel__() for view in main)
         assert isinstance(app.__panel__(), pn.Row)  # notebooks get the same views without the page
