@@ -34,6 +34,13 @@ def layer_slider_values(explorer: "Explorer") -> dict[str, float]:
     return values
 
 
+def _set(widget: pn.viewable.Viewable, **values) -> None:
+    """Update only the parameters that differ (param's own no-op check costs more than this one)."""
+    changed = {k: v for k, v in values.items() if getattr(widget, k) != v}
+    if changed:
+        widget.param.update(**changed)
+
+
 class Controls:
     """Widgets of the sidebar; ``layer_sliders`` maps each prunable layer to its slider."""
 
@@ -71,36 +78,33 @@ class Controls:
         """Make every widget show ``explorer``'s state (callers suppress the widgets' callbacks)."""
         state = explorer.state
         is_nm, is_channel = state.method == "nm", state.method == "channel"
-        self.model.value = explorer.name
-        self.method.value = state.method
-        self.description.object = METHODS[state.method].description
-        self.sparsity.param.update(value=min(state.sparsity, MAX_SPARSITY), disabled=is_nm)
-        self.sparsity.label = "Global sparsity (1 − N/M)" if is_nm else (
+        _set(self.model, value=explorer.name)
+        _set(self.method, value=state.method)
+        _set(self.description, object=METHODS[state.method].description)
+        label = "Global sparsity (1 − N/M)" if is_nm else (
             "Channels removed per layer" if is_channel else "Global sparsity")
-        self.n.value, self.m.value = state.n, state.m
-        self.nm_row.visible = is_nm
-        self.norm.param.update(value=state.norm, visible=is_channel)
-        self.skip_first_last.value = state.skip_first_last
-        self.seed.value = state.seed
+        _set(self.sparsity, value=min(state.sparsity, MAX_SPARSITY), disabled=is_nm, label=label)
+        _set(self.n, value=state.n)
+        _set(self.m, value=state.m)
+        _set(self.nm_row, visible=is_nm)
+        _set(self.norm, value=state.norm, visible=is_channel)
+        _set(self.skip_first_last, value=state.skip_first_last)
+        _set(self.seed, value=state.seed)
         nm_step = 1.0 - state.n / state.m
         values = layer_slider_values(explorer)
         last = explorer.layers[-1]
         for name, slider in self.layer_sliders.items():
-            hand = name in state.layer_sparsity
-            label = f"{name} · set by hand" if hand else name
-            if is_nm:
-                bounds = {"start": 0.0, "end": nm_step, "step": nm_step}
-            else:
-                bounds = {"start": 0.0, "end": MAX_SPARSITY, "step": STEP}
-            slider.param.update(**bounds, value=min(values[name], bounds["end"]), label=label,
-                                disabled=is_channel and name == last)
+            end, step = (nm_step, nm_step) if is_nm else (MAX_SPARSITY, STEP)
+            _set(slider, start=0.0, end=end, step=step, value=min(values[name], end),
+                 label=f"{name} · set by hand" if name in state.layer_sparsity else name,
+                 disabled=is_channel and name == last)
         if is_nm:
-            self.layer_note.object = f"Each layer is dense or {state.n}:{state.m} sparse."
+            note = f"Each layer is dense or {state.n}:{state.m} sparse."
         elif is_channel:
-            self.layer_note.object = ("Fraction of output channels removed; the last layer's outputs "
-                                      "are the model's outputs and stay.")
+            note = "Fraction of output channels removed; the last layer's outputs are the model's outputs and stay."
         else:
-            self.layer_note.object = "Achieved sparsity of each layer; drag one to set it by hand."
+            note = "Achieved sparsity of each layer; drag one to set it by hand."
+        _set(self.layer_note, object=note)
 
     def widgets(self) -> list[pn.viewable.Viewable]:
         """The sidebar's contents, top to bottom."""

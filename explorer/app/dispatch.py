@@ -40,6 +40,7 @@ class SessionDispatcher:
 
     @property
     def closed(self) -> bool:
+        """Whether the session ended (updates are dropped from then on)."""
         return self._closed.is_set()
 
     def __call__(self, update: Callable[[], None]) -> None:

@@ -109,6 +109,7 @@ class SensitivityView(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------ running
     @property
     def running(self) -> bool:
+        """Whether a sweep is under way (its Cancel button is live)."""
         return self._cancel is not None
 
     def set_explorer(self, explorer: "Explorer") -> None:

@@ -57,3 +57,19 @@ def test_card_html_carries_its_key_and_escapes_text(app):
     assert 'data-metric="accuracy"' in html and "&lt;b&gt;x&lt;/b&gt;" in html
     card.pending = True
     assert "ps-pending" in card.__panel__().object
+
+
+def test_a_failing_evaluation_shows_an_alert_and_the_session_goes_on(app, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(app.explorer, "evaluate", broken)
+    app.controls.sparsity.value = 0.4
+    assert app.wait_idle()
+    assert app.alert.visible and "out of memory (simulated)" in app.alert.object
+    assert not app.metrics.accuracy.pending
+    monkeypatch.undo()
+    app.controls.sparsity.value = 0.5  # the next setting is measured as usual
+    assert app.wait_idle()
+    assert not app.alert.visible
+    assert app.metrics.metrics.accuracy == app.explorer.evaluate().accuracy

@@ -106,3 +106,18 @@ def test_switching_model_cancels_the_sweep_and_redraws_kept_results(swept):
     assert view.wait_idle(30)
     assert "digits_cnn" not in view.results
     assert len(view.method_source.data["xs"]) == 7
+
+
+def test_a_failing_sweep_shows_an_alert(monkeypatch):
+    app = ExplorerApp(model="digits_mlp")
+    try:
+        def broken(**kwargs):
+            raise RuntimeError("sweep broke (simulated)")
+
+        monkeypatch.setattr(app.explorer, "sensitivity", broken)
+        app.sensitivity.run()
+        assert app.sensitivity.wait_idle(30)
+        assert app.alert.visible and "sweep broke (simulated)" in app.alert.object
+        assert "failed" in app.sensitivity.status.object and not app.sensitivity.running
+    finally:
+        _close(app)
