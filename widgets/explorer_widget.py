@@ -6,12 +6,11 @@ The widget holds no pruning logic and no copy of the state. Moving a control cal
 anywhere (this widget, a second widget, ``ex.prune(...)`` in a later cell, the Panel app) shows up
 here the same way. A guard flag stops the redraw from calling the engine again.
 
-Instant numbers (sparsity, parameters, FLOPs from ``explorer.cost()``) are drawn first on every
-slider value, then ``explorer.evaluate()`` measures accuracy and loss (a few ms on the sample
-models, memoised). Both run on the thread that changed the state, the kernel's thread in a
-notebook: the engine's evaluation swaps the module's weights while it runs, so it must not run
-on a second thread beside user code. A fast drag does not pile up work because the Jupyter
-frontend coalesces slider values while the kernel is busy (latest value wins).
+Instant numbers (sparsity, parameters, FLOPs from ``explorer.cost()``) are drawn on every slider
+value; ``explorer.evaluate()`` measures accuracy and loss on the widget's
+:class:`~prunescope.explorer.worker.LatestWorker`, so a fast drag never queues stale
+evaluations and the kernel keeps answering the slider. Until the measurement of the current
+setting arrives the previous one is shown greyed out.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import ipywidgets as widgets
 
 from prunescope.explorer.pruning import METHODS
+from prunescope.explorer.worker import LatestWorker
 from prunescope.widgets._html import error_line, layer_readout, metrics_table
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +55,11 @@ def layer_slider_values(explorer: "Explorer", cost: "Cost") -> dict[str, float]:
     return values
 
 
+def _from_browser(value: float) -> float:
+    """A slider value without the float noise of the browser's step arithmetic (0.47000000000000003)."""
+    return round(value, 9)
+
+
 class ExplorerWidget(widgets.VBox):
     """Method picker, global and per-layer sparsity sliders and live metrics for one explorer.
 
@@ -72,8 +77,10 @@ class ExplorerWidget(widgets.VBox):
         self._dense: Metrics | None = None
         self._measured: Metrics | None = None
         self._measured_key: tuple | None = None  # (spec, backend) of ``_measured``
+        self._drawn: dict[widgets.FloatSlider, float] = {}  # the value each slider was last drawn at
         self._local = threading.local()  # the guard flag, per thread: watchers run on the caller's thread
         self._draw_lock = threading.RLock()
+        self._worker = LatestWorker(name=f"prunescope-widget-{explorer.name}")
 
         self.method = widgets.Dropdown(
             options=[(METHODS[name].display_name, name) for name in explorer.methods],
@@ -109,6 +116,12 @@ class ExplorerWidget(widgets.VBox):
         ]
         super().__init__(children=children, **kwargs)
 
+        state = explorer.state
+        key = (state.spec(), state.backend)
+        try:  # the first numbers without waiting for the worker
+            self._show(key, self._evaluate(key))
+        except Exception as err:  # noqa: BLE001 - shown in the widget
+            self._evaluation_failed(err)
         self._draw()
         self.method.observe(self._on_method, "value")
         self.n.observe(self._on_nm, "value")
@@ -141,12 +154,24 @@ class ExplorerWidget(widgets.VBox):
             self._apply(lambda: self.explorer.prune("channel", norm=change["new"]))
 
     def _on_sparsity(self, change: dict) -> None:
-        if not self._drawing:
-            self._apply(lambda: self.explorer.prune(self.explorer.state.method, sparsity=change["new"]))
+        if not self._drawing and not self._is_echo(self.sparsity, change["new"]):
+            method = self.explorer.state.method
+            self._apply(lambda: self.explorer.prune(method, sparsity=_from_browser(change["new"])))
 
     def _on_layer(self, layer: str, change: dict) -> None:
-        if not self._drawing:
-            self._apply(lambda: self.explorer.set_layer_sparsity(layer, change["new"]))
+        if not self._drawing and not self._is_echo(self.layer_sliders[layer], change["new"]):
+            self._apply(lambda: self.explorer.set_layer_sparsity(layer, _from_browser(change["new"])))
+
+    def _is_echo(self, slider: widgets.FloatSlider, value: float) -> bool:
+        """Whether ``value`` is the browser's slider snapping the drawn value to its step.
+
+        The JavaScript slider rounds a value it is sent to its step grid and, with
+        ``continuous_update``, sends the rounded value back (0.891 -> 0.89, 0.9 ->
+        0.9000000000000001). Taken as input, that would turn a method's allocation into hand-set
+        layers. Any real move lands at least one step away from the drawn value.
+        """
+        drawn = self._drawn.get(slider)
+        return drawn is not None and abs(value - drawn) < slider.step / 2 + 1e-9
 
     def _apply(self, change_state) -> None:
         """Run one engine call; on a ValueError show it and put the controls back to the state."""
@@ -188,7 +213,7 @@ class ExplorerWidget(widgets.VBox):
             self.norm.value = state.norm
             self.nm_box.layout.display = None if state.method == "nm" else "none"
             self.norm.layout.display = None if structured else "none"
-            self.sparsity.value = min(state.sparsity, SLIDER_MAX)
+            self._draw_slider(self.sparsity, state.sparsity)
             self.sparsity.disabled = state.method == "nm"
             self.sparsity.tooltip = (
                 "N:M fixes the sparsity at 1 - N/M" if state.method == "nm"
@@ -202,7 +227,7 @@ class ExplorerWidget(widgets.VBox):
             values = layer_slider_values(explorer, cost)
             table = cost.per_layer.set_index("layer")
             for name, slider in self.layer_sliders.items():
-                slider.value = min(values[name], SLIDER_MAX)
+                self._draw_slider(slider, values[name])
                 self.layer_readouts[name].value = layer_readout(
                     int(table.at[name, "kept"]), int(table.at[name, "params"]), name in state.layer_sparsity
                 )
@@ -210,22 +235,29 @@ class ExplorerWidget(widgets.VBox):
             fresh = self._measured_key == key
             self.metrics_html.value = metrics_table(cost, self._measured, self._dense, pending=not fresh)
         if not fresh:
-            self._measure(key)
+            self._worker.submit(
+                functools.partial(self._evaluate, key), functools.partial(self._show, key), self._evaluation_failed
+            )
 
-    def _measure(self, key: tuple) -> None:
-        """Evaluate setting ``key = (spec, backend)`` and show it if it is still the current one."""
+    def _draw_slider(self, slider: widgets.FloatSlider, value: float) -> None:
+        self._drawn[slider] = slider.value = min(value, SLIDER_MAX)
+
+    def _evaluate(self, key: tuple) -> tuple["Metrics", "Metrics"]:
+        """Dense and pruned metrics of ``key = (spec, backend)`` (runs on the worker thread)."""
         spec, backend = key
-        try:
-            dense = self.explorer.dense_metrics()
-            metrics = self.explorer.evaluate(backend=backend, spec=spec)
-        except Exception as err:  # noqa: BLE001 - shown in the widget, never raised into the frontend
-            self._set_error(f"could not evaluate this setting: {err}")
-            return
+        return self.explorer.dense_metrics(), self.explorer.evaluate(backend=backend, spec=spec)
+
+    def _show(self, key: tuple, result: tuple["Metrics", "Metrics"]) -> None:
+        """Show a measurement if it is of the current setting (else a newer one is on its way)."""
+        dense, metrics = result
         state = self.explorer.state
         with self._draw_lock:
-            self._dense, self._measured, self._measured_key = dense, metrics, key
             if key == (state.spec(), state.backend):
+                self._dense, self._measured, self._measured_key = dense, metrics, key
                 self.metrics_html.value = metrics_table(metrics, metrics, dense, pending=False)
+
+    def _evaluation_failed(self, err: BaseException) -> None:
+        self._set_error(f"could not evaluate this setting: {err}")
 
     def _set_error(self, message: str | None) -> None:
         self.error = message
@@ -237,11 +269,16 @@ class ExplorerWidget(widgets.VBox):
         """The measurement on display (``None`` before the first one)."""
         return self._measured
 
+    def wait(self, timeout: float = 30.0) -> bool:
+        """Block until the measurement in progress is shown (scripts and tests); returns success."""
+        return self._worker.wait_idle(timeout)
+
     def close(self) -> None:
-        """Stop following the state and close the controls."""
+        """Stop following the state, stop the worker and close the controls."""
         if getattr(self, "_watcher", None) is not None:
             self.explorer.state.param.unwatch(self._watcher)
             self._watcher = None
+            self._worker.close()
         _close_tree(self.children)
         super().close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import ipywidgets
 import pytest
@@ -11,8 +12,11 @@ from prunescope.explorer import Explorer
 from prunescope.widgets import ExplorerWidget
 
 
-def shown(widget: ExplorerWidget, metric: str, dense: bool = False) -> float:
-    """The exact value the metrics table shows for ``metric`` (pruned column, or dense)."""
+def shown(widget: ExplorerWidget, metric: str, dense: bool = False, wait: bool = True) -> float:
+    """The exact value the metrics table shows for ``metric`` (pruned column, or dense), by default
+    once the background measurement is in."""
+    if wait:
+        assert widget.wait(), "the measurement did not arrive"
     attr = "data-dense" if dense else "data-metric"
     found = re.search(rf'{attr}="{metric}" data-value="([^"]+)"', widget.metrics_html.value)
     assert found, f"{metric} is not in the metrics table"
@@ -87,6 +91,28 @@ def test_slider_changes_state_and_shows_measured_accuracy(widget, explorer, call
     assert len(calls["prune"]) == 1 and calls["set_layer_sparsity"] == []
 
 
+def test_instant_numbers_come_before_the_measurement(widget, explorer, monkeypatch):
+    """Sparsity, parameters and FLOPs follow the slider at once; accuracy follows when measured."""
+    release = threading.Event()
+    real_evaluate = explorer.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        assert release.wait(10)
+        return real_evaluate(*args, **kwargs)
+
+    before = widget.metrics
+    monkeypatch.setattr(explorer, "evaluate", slow_evaluate)
+    widget.sparsity.value = 0.9
+    cost = explorer.cost()
+    assert shown(widget, "sparsity", wait=False) == cost.sparsity
+    assert shown(widget, "flops_effective", wait=False) == cost.flops_effective
+    assert shown(widget, "accuracy", wait=False) == before.accuracy  # the old value, greyed out
+    assert "&hellip;" in widget.metrics_html.value and widget.metrics is before
+    release.set()
+    assert shown(widget, "accuracy") == real_evaluate().accuracy != before.accuracy
+    assert "&hellip;" not in widget.metrics_html.value
+
+
 def test_dragging_shows_the_last_value(widget, explorer):
     for value in (0.1, 0.3, 0.5, 0.7, 0.85, 0.95, 0.9):
         widget.sparsity.value = value
@@ -114,6 +140,21 @@ def test_prune_in_code_updates_the_widget(widget, explorer):
     assert widget.method.value == "nm" and widget.n.value == 1 and widget.m.value == 4
     assert widget.sparsity.value == 0.75 and widget.sparsity.disabled
     assert widget.nm_box.layout.display is None and widget.norm.layout.display == "none"
+
+
+@pytest.mark.parametrize("method", ["erk", "lamp", "magnitude"])
+def test_browser_snapping_to_the_step_is_not_taken_as_input(widget, explorer, calls, method):
+    """The JS slider rounds drawn values to its step and sends them back; that must change nothing."""
+    explorer.prune(method, sparsity=0.9)
+    calls["prune"].clear()
+    before = explorer.state.param.values()
+    for slider in [widget.sparsity, *widget.layer_sliders.values()]:
+        slider.value = round(slider.value / slider.step) * slider.step  # as noUiSlider computes it
+    assert calls == {"prune": [], "set_layer_sparsity": []}
+    assert explorer.state.param.values() == before and widget.error is None
+    # a move of one step is a real move
+    widget.layer_sliders["fc1"].value = round(widget.layer_sliders["fc1"].value - 0.01, 2)
+    assert len(calls["set_layer_sparsity"]) == 1 and list(explorer.state.layer_sparsity) == ["fc1"]
 
 
 def test_layer_slider_calls_set_layer_sparsity(widget, explorer, calls):
@@ -180,6 +221,7 @@ def test_evaluation_error_is_shown(widget, explorer, monkeypatch):
 
     monkeypatch.setattr(explorer, "evaluate", fail)
     widget.sparsity.value = 0.4
+    assert widget.wait()
     assert "could not evaluate" in widget.error and "numba-cpu" in widget.error
     assert explorer.state.sparsity == 0.4
 
