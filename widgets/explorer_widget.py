@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import html
 import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -67,7 +68,7 @@ class ExplorerWidget(widgets.VBox):
     >>> w.sparsity.value = 0.9      # same as dragging: calls explorer.prune(method, sparsity=0.9)
 
     Controls (public, for scripting and tests): ``method``, ``n``, ``m``, ``norm``,
-    ``sparsity`` and ``layer_sliders[layer]``; output: ``metrics_html``, ``error_html``,
+    ``sparsity``, ``skip_first_last`` and ``layer_sliders[layer]``; output: ``metrics_html``, ``error_html``,
     :attr:`metrics` (the measurement on display) and :attr:`error` (the last rejected input).
     """
 
@@ -92,6 +93,7 @@ class ExplorerWidget(widgets.VBox):
                                  layout=widgets.Layout(width="120px"))
         self.norm = widgets.ToggleButtons(options=[("L1 norm", "l1"), ("L2 norm", "l2")],
                                           description="Channels", tooltip="channel norm")
+        self.skip_first_last = widgets.Checkbox(description="Keep first and last layer dense", indent=False)
         self.sparsity = self._slider("Sparsity", "Fraction of the prunable weights removed")
         self.layer_sliders = {
             name: self._slider(name, f"Sparsity of layer {name}, set by hand") for name in explorer.layers
@@ -106,9 +108,10 @@ class ExplorerWidget(widgets.VBox):
             widgets.HBox([self.layer_sliders[name], self.layer_readouts[name]]) for name in explorer.layers
         ]
         children = [
-            widgets.HTML(f"<b>Prunescope</b> &middot; {explorer.name}"),
+            widgets.HTML(f"<b>Prunescope</b> &middot; {html.escape(explorer.name)}"),
             widgets.HBox([self.method, self.nm_box, self.norm]),
             self.sparsity,
+            self.skip_first_last,
             self.layer_heading,
             *layer_rows,
             self.error_html,
@@ -127,6 +130,7 @@ class ExplorerWidget(widgets.VBox):
         self.n.observe(self._on_nm, "value")
         self.m.observe(self._on_nm, "value")
         self.norm.observe(self._on_norm, "value")
+        self.skip_first_last.observe(self._on_skip_first_last, "value")
         self.sparsity.observe(self._on_sparsity, "value")
         for name, slider in self.layer_sliders.items():
             slider.observe(functools.partial(self._on_layer, name), "value")
@@ -152,6 +156,10 @@ class ExplorerWidget(widgets.VBox):
     def _on_norm(self, change: dict) -> None:
         if not self._drawing:
             self._apply(lambda: self.explorer.prune("channel", norm=change["new"]))
+
+    def _on_skip_first_last(self, change: dict) -> None:
+        if not self._drawing:
+            self._apply(lambda: self.explorer.prune(self.explorer.state.method, skip_first_last=change["new"]))
 
     def _on_sparsity(self, change: dict) -> None:
         if not self._drawing and not self._is_echo(self.sparsity, change["new"]):
@@ -211,6 +219,7 @@ class ExplorerWidget(widgets.VBox):
             self.method.value = state.method
             self.n.value, self.m.value = state.n, state.m
             self.norm.value = state.norm
+            self.skip_first_last.value = state.skip_first_last
             self.nm_box.layout.display = None if state.method == "nm" else "none"
             self.norm.layout.display = None if structured else "none"
             self._draw_slider(self.sparsity, state.sparsity)

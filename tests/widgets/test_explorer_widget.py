@@ -172,6 +172,15 @@ def test_layer_slider_calls_set_layer_sparsity(widget, explorer, calls):
     assert layer_values(widget) == pytest.approx({"fc1": 0.6, "fc2": 0.6, "fc3": 0.6})
 
 
+def test_keep_first_and_last_dense(widget, explorer):
+    explorer.prune("magnitude", sparsity=0.7)
+    widget.skip_first_last.value = True
+    assert explorer.state.skip_first_last and explorer.state.method == "magnitude"
+    assert layer_values(widget) == pytest.approx({"fc1": 0.0, "fc2": 0.7, "fc3": 0.0})
+    explorer.prune("lamp", sparsity=0.5, skip_first_last=False)
+    assert widget.skip_first_last.value is False
+
+
 def test_channel_layer_sliders_show_channel_fractions(widget, explorer):
     explorer.prune("channel", sparsity=0.5)
     assert layer_values(widget) == pytest.approx({"fc1": 0.5, "fc2": 0.5, "fc3": 0.0})
