@@ -53,8 +53,8 @@ class Controls:
         self.sparsity = pn.widgets.FloatSlider(
             label="Global sparsity", start=0.0, end=MAX_SPARSITY, step=STEP, value=0.0, format="0%",
         )
-        self.n = pn.widgets.IntInput(label="N (weights kept per group)", start=1, value=2, width=135)
-        self.m = pn.widgets.IntInput(label="M (group size)", start=2, value=4, width=135)
+        self.n = pn.widgets.IntInput(label="N (kept)", start=1, value=2, width=135)
+        self.m = pn.widgets.IntInput(label="M (group)", start=2, value=4, width=135)
         self.nm_row = pn.Row(self.n, self.m, visible=False)
         self.norm = pn.widgets.RadioButtonGroup(label="Channel norm", options={"L1 norm": "l1", "L2 norm": "l2"},
                                                 visible=False)
