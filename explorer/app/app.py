@@ -85,7 +85,8 @@ class ExplorerApp(pn.viewable.Viewer):
         return self._explorer
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until the pending evaluation has been shown (tests and scripts)."""
+        """Block until the evaluation worker is idle (tests, scripts); outside a server its result
+        has then been shown, in a served session it is queued on the session's event loop."""
         return self._worker.wait_idle(timeout)
 
     def show_error(self, err: BaseException) -> None:
@@ -101,10 +102,11 @@ class ExplorerApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------------------ changes
     def _apply(self, change: Callable[["Explorer"], Any], explorer: "Explorer | None" = None) -> bool:
-        """Run ``change(explorer)``; bad input shows an alert and the widgets go back to the state."""
+        """Run ``change(explorer)``; bad input (or any engine error) shows an alert and the widgets
+        go back to the state, so the session never breaks."""
         try:
             change(explorer or self._explorer)
-        except ValueError as err:
+        except Exception as err:  # noqa: BLE001 - ValueError is bad input; anything else is shown too
             self.show_error(err)
             if self._explorer is not None:
                 self._sync_controls()
