@@ -246,6 +246,21 @@ class Explorer:
         masks = self.masks_for(spec or self.state.spec())
         return {n: 1.0 - float(masks[n].float().mean()) for n in self.layers}
 
+    def layer_settings(self, spec: PruneSpec | None = None) -> dict[str, float]:
+        """Each layer's value in the unit :meth:`set_layer_sparsity` takes, for ``spec`` (default: current).
+
+        Hand-set layers give their setting; others what the method allocated: the fraction of
+        weights removed, or for structured (channel) pruning the fraction of output channels removed.
+        """
+        spec = spec or self.state.spec()
+        if get_method(spec.method).is_structured:
+            masks = self.masks_for(spec)
+            values = {n: 1.0 - float(masks[n].flatten(1).any(1).float().mean()) for n in self.layers}
+        else:
+            values = self.layer_sparsities(spec)
+        values.update(dict(spec.overrides))
+        return values
+
     def masks_for(self, spec: PruneSpec) -> Masks:
         """Masks of ``spec`` (pure, memoised). Returned tensors must not be modified."""
         return self._masks.get_or(spec, lambda: self._compute_masks(spec))

@@ -39,23 +39,6 @@ SLIDER_STEP = 0.01
 _LABEL_WIDTH = "140px"
 
 
-def layer_slider_values(explorer: "Explorer", cost: "Cost") -> dict[str, float]:
-    """What each layer slider shows, in the units ``set_layer_sparsity`` takes.
-
-    Hand-set layers show their setting. Other layers show what the method allocated to them:
-    the fraction of weights removed (from ``cost.per_layer``), or for structured (channel)
-    pruning the fraction of output channels removed, read off the layer's mask.
-    """
-    state = explorer.state
-    if METHODS[state.method].is_structured:
-        masks = explorer.masks
-        values = {n: 1.0 - float(masks[n].flatten(1).any(1).float().mean()) for n in explorer.layers}
-    else:
-        values = dict(zip(cost.per_layer["layer"], (float(s) for s in cost.per_layer["sparsity"])))
-    values.update(state.layer_sparsity)
-    return values
-
-
 def _from_browser(value: float) -> float:
     """A slider value without the float noise of the browser's step arithmetic (0.47000000000000003)."""
     return round(value, 9)
@@ -233,7 +216,7 @@ class ExplorerWidget(widgets.VBox):
             self.layer_heading.value = (
                 f"<b>Per layer</b> (fraction of {unit} removed; drag one to set that layer by hand)"
             )
-            values = layer_slider_values(explorer, cost)
+            values = explorer.layer_settings()
             table = cost.per_layer.set_index("layer")
             for name, slider in self.layer_sliders.items():
                 self._draw_slider(slider, values[name])

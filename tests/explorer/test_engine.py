@@ -209,3 +209,13 @@ def test_concurrent_evaluations_from_two_threads_agree_with_serial_ones():
     for t in threads:
         t.join()
     assert not errors and results == serial
+
+
+def test_layer_settings_are_in_set_layer_sparsity_units():
+    ex = Explorer.from_sample("digits_mlp").prune("channel", sparsity=0.5)
+    assert ex.layer_settings() == {"fc1": 0.5, "fc2": 0.5, "fc3": 0.0}
+    assert ex.layer_sparsities()["fc2"] == pytest.approx(0.75)  # rows and dependent columns gone
+    ex.set_layer_sparsity("fc1", 0.25)
+    assert ex.layer_settings()["fc1"] == 0.25
+    ex.prune("global_magnitude", sparsity=0.8)
+    assert ex.layer_settings() == ex.layer_sparsities()
