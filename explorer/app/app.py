@@ -221,6 +221,13 @@ class ExplorerApp(pn.viewable.Viewer):
         def job() -> tuple["Metrics", "Metrics"]:
             return explorer.dense_metrics(), explorer.evaluate(spec=spec)
 
+        if self._dispatch.in_kernel:  # background threads cannot update a notebook page
+            try:
+                self._show_evaluation(explorer, spec, *job())
+            except Exception as err:  # noqa: BLE001 - shown as an alert like any engine error
+                self._evaluation_failed(key, err)
+            return
+
         self._worker.submit(
             job,
             on_done=lambda result: self._dispatch(lambda: self._show_evaluation(explorer, spec, *result)),

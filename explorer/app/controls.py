@@ -21,19 +21,6 @@ MAX_SPARSITY = 0.99
 STEP = 0.01
 
 
-def layer_slider_values(explorer: "Explorer") -> dict[str, float]:
-    """Per-layer values in the unit the layer sliders set: the achieved weight sparsity, except for
-    channel pruning, whose per-layer sparsity is the fraction of output channels removed."""
-    if explorer.state.method != "channel":
-        return explorer.layer_sparsities()
-    masks = explorer.masks
-    values = {}
-    for name in explorer.layers:
-        rows = masks[name].reshape(masks[name].shape[0], -1)
-        values[name] = 1.0 - float(rows.any(dim=1).float().mean())
-    return values
-
-
 def _set(widget: pn.viewable.Viewable, **values) -> None:
     """Update only the parameters that differ (param's own no-op check costs more than this one)."""
     changed = {k: v for k, v in values.items() if getattr(widget, k) != v}
@@ -91,7 +78,7 @@ class Controls:
         _set(self.skip_first_last, value=state.skip_first_last)
         _set(self.seed, value=state.seed)
         nm_step = 1.0 - state.n / state.m
-        values = layer_slider_values(explorer)
+        values = explorer.layer_settings()
         last = explorer.layers[-1]
         for name, slider in self.layer_sliders.items():
             end, step = (nm_step, nm_step) if is_nm else (MAX_SPARSITY, STEP)

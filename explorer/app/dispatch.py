@@ -10,12 +10,15 @@ other threads) and runs the update on the event loop, under the document lock, w
 reported through Panel's exception handler instead of killing the loop.
 
 Outside a server (tests, a notebook without a session) there is no event loop to hop to: updates
-run at once on the calling thread.
+run at once on the calling thread. In a Jupyter kernel, comm messages sent from a background
+thread do not reach the page (ipykernel 7), so there the app measures on the kernel's own thread
+(:attr:`SessionDispatcher.in_kernel`); an evaluation takes milliseconds.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Callable
 
@@ -37,6 +40,15 @@ class SessionDispatcher:
     def served(self) -> bool:
         """Whether this object belongs to a live server session (else updates run inline)."""
         return self._doc is not None
+
+    @property
+    def in_kernel(self) -> bool:
+        """Whether this object lives in a Jupyter kernel outside a server session."""
+        if self._doc is not None or "ipykernel" not in sys.modules:
+            return False
+        from IPython import get_ipython
+
+        return getattr(get_ipython(), "kernel", None) is not None
 
     @property
     def closed(self) -> bool:
