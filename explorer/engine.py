@@ -123,6 +123,7 @@ class Explorer:
         self._masks = _LRU(256)
         self._metrics = _LRU(256)
         self._sensitivity = _LRU(8)
+        self._sparse_models = _LRU(4)
         # functional_call swaps the module's parameters for the duration of a call: one forward at
         # a time per explorer (the app's evaluation and sensitivity workers share the model).
         self._forward_lock = threading.RLock()
@@ -177,6 +178,11 @@ class Explorer:
     def profile(self) -> ModelProfile:
         """Shapes, output positions and dense FLOPs of the prunable layers."""
         return self._profile
+
+    @property
+    def dense_weights(self) -> dict[str, torch.Tensor]:
+        """Snapshot of the prunable layers' dense weights taken at construction (do not modify)."""
+        return self._weights
 
     @property
     def eval_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,10 +326,8 @@ class Explorer:
         return self._metrics.get_or((spec, backend), lambda: self._evaluate(spec, backend))
 
     def _evaluate(self, spec: PruneSpec, backend: str) -> Metrics:
-        if backend != "torch":
-            raise ValueError(f"backend {backend!r} is not available yet; use 'torch'")
         masks = self.masks_for(spec)
-        logits = self.logits(masks)
+        logits = self.logits(masks) if backend == "torch" else self.sparse_logits(spec, backend)
         loss = nn.functional.cross_entropy(logits, self._labels).item()
         accuracy = (logits.argmax(1) == self._labels).double().mean().item()
         cost = cost_of(masks, self._profile, self._params_total)
@@ -339,6 +343,26 @@ class Explorer:
             for start in range(0, len(inputs), self.batch_size):
                 outs.append(functional_call(self._model, weights, (inputs[start : start + self.batch_size],), strict=False))
         return torch.cat(outs)
+
+    def sparse_model(self, spec: PruneSpec | None = None, backend: str = "numba-cpu") -> nn.Module:
+        """A copy of the model whose pruned layers run on the sparse kernels (memoised per setting)."""
+        from prunescope.explorer.sparse_exec import build_sparse_model
+
+        spec = spec or self.state.spec()
+        return self._sparse_models.get_or((spec, backend), lambda: build_sparse_model(self, spec, backend))[0]
+
+    def sparse_logits(self, spec: PruneSpec | None = None, backend: str = "numba-cpu") -> torch.Tensor:
+        """Logits of the evaluation data through the sparse kernels (``numba-cpu`` or ``numba-cuda``)."""
+        model = self.sparse_model(spec, backend)
+        with torch.no_grad():
+            return torch.cat([model(self._inputs[i : i + self.batch_size]) for i in range(0, len(self._inputs), self.batch_size)])
+
+    def benchmark(self, batch_size: int = 64, backend: str = "numba-cpu", repeats: int = 20, spec: PruneSpec | None = None):
+        """Measured latency of dense torch vs sparse execution, per layer and whole model, beside
+        the FLOPs reduction; see :func:`prunescope.explorer.sparse_exec.benchmark`."""
+        from prunescope.explorer.sparse_exec import benchmark
+
+        return benchmark(self, spec or self.state.spec(), backend, batch_size, repeats)
 
     def dense_metrics(self) -> Metrics:
         """Metrics of the unpruned model (the reference shown beside every number)."""

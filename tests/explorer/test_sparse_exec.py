@@ -1,0 +1,126 @@
+"""Sparse execution through the kernels: same predictions as masked dense, right formats, speed report."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from prunescope.explorer import Explorer
+from prunescope.explorer.sparse_exec import KernelLayer, build_sparse_model
+from prunescope.explorer.state import PruneSpec
+from prunescope.kernels import available_backends
+
+SETTINGS = [
+    ("magnitude", {"sparsity": 0.5}),
+    ("global_magnitude", {"sparsity": 0.9}),
+    ("lamp", {"sparsity": 0.95}),
+    ("erk", {"sparsity": 0.8}),
+    ("nm", {"n": 2, "m": 4}),
+    ("nm", {"n": 1, "m": 4}),
+    ("channel", {"sparsity": 0.5}),
+]
+
+
+@pytest.fixture(scope="module")
+def explorers() -> dict[str, Explorer]:
+    return {name: Explorer.from_sample(name) for name in ("digits_mlp", "digits_cnn")}
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("method, options", SETTINGS)
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
+def test_sparse_execution_matches_masked_dense(explorers, name, method, options):
+    ex = explorers[name].prune(method, **options)
+    dense = ex.logits()
+    sparse = ex.sparse_logits(backend="numba-cpu")
+    assert _relative_error(sparse, dense) <= 1e-4
+    assert torch.equal(sparse.argmax(1), dense.argmax(1))
+    fast, ref = ex.evaluate(backend="numba-cpu"), ex.evaluate(backend="torch")
+    assert fast.accuracy == ref.accuracy and fast.loss == pytest.approx(ref.loss, rel=1e-4)
+
+
+def test_each_layer_gets_the_format_its_mask_fits(explorers):
+    ex = explorers["digits_cnn"]
+    _, formats = build_sparse_model(ex, PruneSpec(method="nm", sparsity=0.5))
+    assert formats == {"conv1": "dense", "conv2": "csr-conv", "fc1": "2:4", "fc2": "2:4"}  # conv1: 9 inputs, not N:M
+    _, formats = build_sparse_model(ex, PruneSpec(method="lamp", sparsity=0.9))
+    assert formats == {"conv1": "csr-conv", "conv2": "csr-conv", "fc1": "csr", "fc2": "csr"}
+
+
+def test_channel_pruning_runs_as_smaller_dense_layers(explorers):
+    ex = explorers["digits_cnn"]
+    model, formats = build_sparse_model(ex, PruneSpec(method="channel", sparsity=0.5))
+    assert set(formats.values()) == {"compacted dense"}
+    assert [model.conv1.out_channels, model.conv2.in_channels, model.conv2.out_channels] == [8, 8, 16]
+    assert [model.fc1.in_features, model.fc1.out_features, model.fc2.in_features, model.fc2.out_features] == [256, 32, 32, 10]
+    assert not any(isinstance(m, KernelLayer) for m in model.modules())
+
+
+def test_the_users_model_is_untouched_by_sparse_execution(explorers):
+    ex = explorers["digits_mlp"]
+    before = {k: v.clone() for k, v in ex.model.state_dict().items()}
+    ex.prune("lamp", sparsity=0.9).evaluate(backend="numba-cpu")
+    ex.prune("channel", sparsity=0.3).benchmark(batch_size=8, repeats=1)
+    assert all(isinstance(m, torch.nn.Linear) for n, m in ex.model.named_children())
+    assert all(torch.equal(before[k], v) for k, v in ex.model.state_dict().items())
+
+
+def test_benchmark_reports_per_layer_and_whole_model(explorers):
+    ex = explorers["digits_mlp"].prune("global_magnitude", sparsity=0.9)
+    report = ex.benchmark(batch_size=32, repeats=3)
+    table = report.table
+    assert list(table["layer"]) == ["fc1", "fc2", "fc3", "model"]
+    cost = ex.cost()
+    whole = report.whole
+    assert whole.flops_dense == cost.flops_dense and whole.flops_effective == cost.flops_effective
+    assert whole.theoretical_speedup == pytest.approx(cost.flops_dense / cost.flops_effective)
+    assert (table["dense_ms"] > 0).all() and (table["sparse_ms"] > 0).all()
+    assert table["measured_speedup"].to_numpy() == pytest.approx((table["dense_ms"] / table["sparse_ms"]).to_numpy())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, r"batch_size must be an integer in \[1, 4096\], got 0"),
+    ({"repeats": 0}, "repeats must be a positive integer"),
+    ({"backend": "torch"}, "sparse execution runs on"),
+])
+def test_benchmark_bad_input(explorers, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        explorers["digits_mlp"].benchmark(**kwargs)
+
+
+@pytest.mark.skipif("numba-cuda" in available_backends(), reason="a GPU is present")
+def test_cuda_backend_without_a_gpu_is_a_clear_error(explorers):
+    with pytest.raises(ValueError, match="'numba-cuda' is not available on this machine"):
+        explorers["digits_mlp"].prune("lamp", sparsity=0.5).evaluate(backend="numba-cuda")
+
+
+def test_two_sessions_run_the_kernels_at_once():
+    """Two explorers (two app sessions) evaluating through the parallel kernels from two threads."""
+    settings = [("lamp", 0.9), ("global_magnitude", 0.8), ("erk", 0.95), ("magnitude", 0.7)]
+    sessions = [Explorer.from_sample("digits_mlp"), Explorer.from_sample("digits_cnn")]
+    expected = {(i, s): sessions[i].evaluate(backend="torch", spec=PruneSpec(method=m, sparsity=s)).accuracy
+                for i in range(2) for m, s in settings}
+    results, errors = {}, []
+
+    def run(i: int) -> None:
+        try:
+            for _ in range(3):
+                for m, s in settings:
+                    ex = sessions[i]
+                    ex._metrics.clear()
+                    ex.sparse_model(PruneSpec(method=m, sparsity=s))  # built concurrently too
+                    results[(i, s)] = ex.evaluate(backend="numba-cpu", spec=PruneSpec(method=m, sparsity=s)).accuracy
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and results == expected
