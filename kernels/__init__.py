@@ -28,8 +28,8 @@ _EXPORTS = {
     "pack_nm": "formats",
     "compact_linear": "compact",
     "compact_conv2d": "compact",
-    "warmup": "warmup",
-    "is_warm": "warmup",
+    "warmup": "jit_warmup",
+    "is_warm": "jit_warmup",
     "parallel_section": "threads",
     "threading_layer": "threads",
 }
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from prunescope.kernels.formats import CSRMatrix, NMPacked, pack_nm
     from prunescope.kernels.layers import NMLinear, SparseConv2d, SparseLinear
     from prunescope.kernels.threads import parallel_section, threading_layer
-    from prunescope.kernels.warmup import is_warm, warmup
+    from prunescope.kernels.jit_warmup import is_warm, warmup
 
 
 def __getattr__(name: str) -> Any:
