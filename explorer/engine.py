@@ -105,6 +105,8 @@ class Explorer:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self._model = model
         self.name = name or type(model).__name__
+        #: The :class:`~prunescope.sample_models.SampleModel` this explorer was built from, if any.
+        self.sample = None
         self._inputs, self._labels = _as_eval_tensors(data)
         self._calibration = _as_eval_tensors(calibration_data) if calibration_data is not None else None
         self.batch_size = batch_size
