@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import panel as pn
 import param
 
+from prunescope.explorer.app.backends import evaluation_backends, warmup_for
 from prunescope.explorer.app.controls import Controls
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.metrics_view import MetricsPanel
 from prunescope.explorer.app.palette import ACCENT
 from prunescope.explorer.app.plots import LayerSparsityChart, MaskView
 from prunescope.explorer.app.sensitivity_view import SensitivityView
+from prunescope.explorer.app.speed_view import SpeedView
 from prunescope.explorer.worker import LatestWorker
 from prunescope.sample_models import list_sample_models
 
@@ -45,14 +47,15 @@ class ExplorerApp(pn.viewable.Viewer):
         self._explorers: dict[str, Explorer] = {}
         self._explorer: Explorer | None = None
         self._syncing = False
-        self._requested: tuple[int, PruneSpec] | None = None  # (explorer id, spec) being measured
-        self._shown: tuple[int, PruneSpec] | None = None  # (explorer id, spec) on the cards now
+        self._requested: tuple[int, PruneSpec, str] | None = None  # (explorer id, spec, backend) being measured
+        self._shown: tuple[int, PruneSpec, str] | None = None  # (explorer id, spec, backend) on the cards now
 
-        self.controls = Controls(models, model)
+        self.controls = Controls(models, model, evaluation_backends())
         self.metrics = MetricsPanel()
         self.layer_chart = LayerSparsityChart()
         self.mask_view = MaskView()
         self.sensitivity = SensitivityView(self._dispatch, on_error=self.show_error)
+        self.speed = SpeedView(self._dispatch, on_error=self.show_error)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
         self._wire()
         self._select_model(model)
@@ -67,6 +70,8 @@ class ExplorerApp(pn.viewable.Viewer):
         c.sparsity.param.watch(self._guarded(lambda e: self._request_evaluation()), "value_throttled")
         for widget in (c.n, c.m, c.norm, c.skip_first_last, c.seed):
             widget.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
+        c.backend.param.watch(self._guarded(lambda e: self._apply(lambda ex: ex.state.param.update(backend=e.new))),
+                              "value")
         self.mask_view.layer_select.param.watch(self._guarded(lambda e: self._refresh_mask()), "value")
 
     def _guarded(self, callback: Callable[[param.parameterized.Event], None]):
@@ -98,6 +103,7 @@ class ExplorerApp(pn.viewable.Viewer):
         """Stop this session's compute threads (called when the browser session ends)."""
         self._dispatch.close()
         self.sensitivity.close()
+        self.speed.close()
         self._worker.close()
 
     # ------------------------------------------------------------------------------ changes
@@ -151,6 +157,7 @@ class ExplorerApp(pn.viewable.Viewer):
                            {"norm": s.norm} if s.method == "channel" else {})
             sparsity = None if s.method == "nm" else s.sparsity
             self._apply(lambda ex: ex.prune(s.method, sparsity=sparsity, **options), explorer)
+            explorer.state.backend = s.backend
         self.model_name = name
         self._explorer = explorer
         sliders = self.controls.set_layers(explorer.layers)
@@ -163,6 +170,7 @@ class ExplorerApp(pn.viewable.Viewer):
         finally:
             self._syncing = False
         self.sensitivity.set_explorer(explorer)
+        self.speed.set_explorer(explorer)
         self._refresh()
 
     @staticmethod
@@ -193,6 +201,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.layer_chart.update(cost.per_layer, set(explorer.state.layer_sparsity))
         self._refresh_mask(cost)
         self.sensitivity.mark(explorer.state.method, dict(zip(cost.per_layer["layer"], cost.per_layer["sparsity"])))
+        self.speed.mark()
         self._request_evaluation()
 
     def _refresh_mask(self, cost=None) -> None:
@@ -205,10 +214,13 @@ class ExplorerApp(pn.viewable.Viewer):
         self.mask_view.update(explorer.masks[layer], explorer.profile[layer], kept)
 
     def _request_evaluation(self) -> None:
-        """Measure the current setting on the worker; the newest request wins, stale results are dropped."""
+        """Measure the current setting on the worker; the newest request wins, stale results are dropped.
+
+        On a Numba backend the job first waits (on the worker thread) for the kernels' warm-up;
+        meanwhile the accuracy card says so and every control stays live."""
         explorer = self._explorer
-        spec = explorer.state.spec()
-        key = (id(explorer), spec)
+        spec, backend = explorer.state.spec(), explorer.state.backend
+        key = (id(explorer), spec, backend)
         if key == self._shown:  # e.g. dragged away and back: drop what is still on its way
             self._requested = None
             self.metrics.set_pending(False)
@@ -216,34 +228,39 @@ class ExplorerApp(pn.viewable.Viewer):
         if key == self._requested:
             return
         self._requested = key
-        self.metrics.set_pending(True)
+        warming = warmup_for(backend)
+        compiling = warming is not None and not warming.done()
+        self.metrics.set_pending(True, f"waiting for the {backend} kernels to compile" if compiling else "")
 
         def job() -> tuple["Metrics", "Metrics"]:
-            return explorer.dense_metrics(), explorer.evaluate(spec=spec)
+            if warming is not None:
+                warming.result()  # re-raises a failed compile, shown in the alert
+            return explorer.dense_metrics(), explorer.evaluate(backend=backend, spec=spec)
 
         if self._dispatch.in_kernel:  # background threads cannot update a notebook page
             try:
-                self._show_evaluation(explorer, spec, *job())
+                self._show_evaluation(key, explorer, *job())
             except Exception as err:  # noqa: BLE001 - shown as an alert like any engine error
                 self._evaluation_failed(key, err)
             return
 
         self._worker.submit(
             job,
-            on_done=lambda result: self._dispatch(lambda: self._show_evaluation(explorer, spec, *result)),
+            on_done=lambda result: self._dispatch(lambda: self._show_evaluation(key, explorer, *result)),
             on_error=lambda err: self._dispatch(lambda: self._evaluation_failed(key, err)),
         )
 
-    def _show_evaluation(self, explorer: "Explorer", spec: "PruneSpec", dense: "Metrics", metrics: "Metrics") -> None:
-        if explorer is not self._explorer or spec != explorer.state.spec():
+    def _show_evaluation(self, key: tuple[int, "PruneSpec", str], explorer: "Explorer",
+                         dense: "Metrics", metrics: "Metrics") -> None:
+        if explorer is not self._explorer or key != (id(explorer), explorer.state.spec(), explorer.state.backend):
             return  # a newer setting is on its way
-        self._shown = (id(explorer), spec)
+        self._shown = key
         self._requested = None
         self.metrics.show_dense(dense)
-        self.metrics.show_metrics(metrics)
+        self.metrics.show_metrics(metrics, backend=key[2])
         self.sensitivity.mark_measured(metrics)
 
-    def _evaluation_failed(self, key: tuple[int, Any], err: BaseException) -> None:
+    def _evaluation_failed(self, key: tuple[int, "PruneSpec", str], err: BaseException) -> None:
         if key == self._requested:
             self._requested = None
             self.metrics.set_pending(False)
@@ -258,6 +275,9 @@ class ExplorerApp(pn.viewable.Viewer):
             pn.pane.HTML("<b>Sensitivity</b> — measured accuracy when pruning more, per method "
                          "and per layer", margin=(10, 10, 0, 10), styles={"font-size": "14px"}),
             self.sensitivity,
+            pn.pane.HTML("<b>Speed</b> — measured latency of the sparse kernels against dense torch, "
+                         "beside the FLOPs reduction", margin=(10, 10, 0, 10), styles={"font-size": "14px"}),
+            self.speed,
         ]
 
     def template(self) -> pn.template.BootstrapTemplate:

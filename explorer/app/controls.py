@@ -1,4 +1,5 @@
-"""The sidebar: model, method and its options, the global sparsity and one slider per layer.
+"""The sidebar: model, method and its options, the evaluation backend, the global sparsity and
+one slider per layer.
 
 The widgets only show the session's :class:`~prunescope.explorer.state.PruningState`;
 ``ExplorerApp`` turns their changes into ``Explorer.prune`` / ``set_layer_sparsity`` calls and
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import panel as pn
 
+from prunescope.explorer.app.backends import BACKEND_NOTES
 from prunescope.explorer.pruning import METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,7 +33,7 @@ def _set(widget: pn.viewable.Viewable, **values) -> None:
 class Controls:
     """Widgets of the sidebar; ``layer_sliders`` maps each prunable layer to its slider."""
 
-    def __init__(self, models: list[str], model: str) -> None:
+    def __init__(self, models: list[str], model: str, backends: list[str] | None = None) -> None:
         self.model = pn.widgets.Select(label="Model", options=models, value=model)
         self.method = pn.widgets.Select(
             label="Pruning method", options={m.display_name: name for name, m in METHODS.items()},
@@ -47,6 +49,9 @@ class Controls:
                                                 visible=False)
         self.skip_first_last = pn.widgets.Checkbox(label="Keep first and last layer dense")
         self.seed = pn.widgets.IntInput(label="Seed (random, SNIP)", start=0, value=0)
+        self.backend = pn.widgets.Select(label="Evaluate with", options=list(backends or ["torch"]), value="torch")
+        self.backend_note = pn.pane.HTML(BACKEND_NOTES["torch"], styles={"font-size": "12px", "color": "#4b5563"},
+                                         margin=(0, 10))
         self.layer_note = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"}, margin=(0, 10))
         self.layer_box = pn.Column(sizing_mode="stretch_width")
         self.layer_sliders: dict[str, pn.widgets.FloatSlider] = {}
@@ -77,6 +82,10 @@ class Controls:
         _set(self.norm, value=state.norm, visible=is_channel)
         _set(self.skip_first_last, value=state.skip_first_last)
         _set(self.seed, value=state.seed)
+        if state.backend not in self.backend.options:  # set in Python to one not available here
+            _set(self.backend, options=[*self.backend.options, state.backend])
+        _set(self.backend, value=state.backend)
+        _set(self.backend_note, object=BACKEND_NOTES[state.backend])
         nm_step = 1.0 - state.n / state.m
         values = explorer.layer_settings()
         last = explorer.layers[-1]
@@ -97,7 +106,7 @@ class Controls:
         """The sidebar's contents, top to bottom."""
         return [
             self.model, self.method, self.description, self.sparsity, self.nm_row, self.norm,
-            self.skip_first_last, self.seed,
+            self.skip_first_last, self.seed, self.backend, self.backend_note,
             pn.pane.HTML("<b>Per-layer sparsity</b>", margin=(12, 10, 0, 10)), self.layer_note,
             self.layer_box,
         ]

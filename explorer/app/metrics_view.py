@@ -66,7 +66,8 @@ def _mflops(flops: int) -> str:
 class MetricsPanel(pn.viewable.Viewer):
     """Cards for the current setting. ``show_cost`` is instant; ``show_metrics`` follows evaluation.
 
-    ``cost``, ``metrics`` and ``dense`` hold the engine objects currently displayed.
+    ``cost``, ``metrics`` and ``dense`` hold the engine objects currently displayed, ``backend``
+    what ``metrics`` was measured with.
     """
 
     def __init__(self) -> None:
@@ -80,6 +81,7 @@ class MetricsPanel(pn.viewable.Viewer):
         self.cost: Cost | None = None
         self.metrics: Metrics | None = None
         self.dense: Metrics | None = None
+        self.backend = "torch"
         self._layout = pn.FlexBox(*self.cards, sizing_mode="stretch_width")
 
     def show_cost(self, cost: "Cost") -> None:
@@ -93,9 +95,14 @@ class MetricsPanel(pn.viewable.Viewer):
         self.sparsity.value = _percent(cost.sparsity)
         self.sparsity.dense = _percent(0.0)
 
-    def set_pending(self, pending: bool) -> None:
-        """Grey out accuracy and loss while a newer evaluation is on its way."""
+    def set_pending(self, pending: bool, reason: str = "") -> None:
+        """Grey out accuracy and loss while a newer evaluation is on its way; ``reason`` (e.g. the
+        kernels still compiling) stands in the accuracy card's note meanwhile."""
         self.accuracy.pending = self.loss.pending = pending
+        if pending and reason:
+            self.accuracy.note = reason
+        else:
+            self._notes()
 
     def show_dense(self, dense: "Metrics") -> None:
         """The unpruned model's values, shown beside every number."""
@@ -104,9 +111,11 @@ class MetricsPanel(pn.viewable.Viewer):
         self.loss.dense = f"{dense.loss:.3f}"
         self._notes()
 
-    def show_metrics(self, metrics: "Metrics") -> None:
-        """Measured accuracy and loss (and the cost they were measured at)."""
+    def show_metrics(self, metrics: "Metrics", backend: str = "torch") -> None:
+        """Measured accuracy and loss (and the cost they were measured at), run on ``backend``."""
         self.metrics = metrics
+        self.backend = backend
+        self.accuracy.title = f"Accuracy (test, {backend})"
         self.show_cost(metrics)
         self.accuracy.value = _percent(metrics.accuracy)
         self.loss.value = f"{metrics.loss:.3f}"
@@ -115,6 +124,7 @@ class MetricsPanel(pn.viewable.Viewer):
 
     def _notes(self) -> None:
         if self.metrics is None or self.dense is None:
+            self.accuracy.note = self.loss.note = ""
             return
         points = 100 * (self.metrics.accuracy - self.dense.accuracy)
         self.accuracy.note = f"{points:+.1f} pp"

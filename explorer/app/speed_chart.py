@@ -1,0 +1,109 @@
+"""Measured vs theoretical speed-up per layer and whole model: a Bokeh bar chart and a small table."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import panel as pn
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, LogTicker, Range1d, Span
+from bokeh.plotting import figure
+from bokeh.transform import dodge
+
+from prunescope.explorer.app.palette import OKABE_ITO
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunescope.explorer.sparse_exec import SpeedReport
+
+MEASURED = OKABE_ITO["blue"]
+THEORETICAL = OKABE_ITO["orange"]
+WHOLE_MODEL = "whole model"
+#: The table's columns: (title, column of ``SpeedReport.table``).
+TABLE_COLUMNS = {
+    "layer": "layer", "format": "format", "dense ms": "dense_ms", "sparse ms": "sparse_ms",
+    "measured ×": "measured_speedup", "theoretical ×": "theoretical_speedup",
+}
+_EMPTY = {"factor": [], "layer": [], "format": [], "measured": [], "theoretical": [], "dense_ms": [], "sparse_ms": []}
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+class SpeedChart(pn.viewable.Viewer):
+    """Two bars per layer and for the whole forward: the measured speed-up of the sparse kernels
+    over dense torch and the theoretical one (the FLOPs reduction), on a log axis from 1×.
+
+    ``source`` holds what is drawn, ``frame`` the table shown (numbers unrounded).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = ColumnDataSource(dict(_EMPTY))
+        self.figure = figure(
+            title="Not measured yet", x_range=FactorRange(), y_axis_type="log", y_range=Range1d(0.5, 2),
+            height=300, sizing_mode="stretch_width", tools="save", output_backend="svg",
+            x_axis_label="Prunable layer (execution order), then the whole forward pass",
+            y_axis_label="speed-up over dense torch (x)",
+        )
+        fig = self.figure
+        fig.toolbar.logo = None
+        fig.title.text_font_size = "13px"
+        fig.xgrid.grid_line_color = None
+        fig.axis.axis_label_text_font_style = "normal"
+        fig.yaxis.ticker = LogTicker(mantissas=[1, 2, 5])
+        # bars start at 1x: above the line the sparse model is faster, below it slower
+        self.measured = fig.vbar(x=dodge("factor", -0.19, range=fig.x_range), bottom=1, top="measured", width=0.36,
+                                 source=self.source, fill_color=MEASURED, line_color=MEASURED)
+        self.theoretical = fig.vbar(x=dodge("factor", 0.19, range=fig.x_range), bottom=1, top="theoretical",
+                                    width=0.36, source=self.source, fill_color=THEORETICAL, line_color=THEORETICAL)
+        fig.add_layout(Span(location=1, dimension="width", line_color="black", line_width=1.2, line_dash="dashed"))
+        fig.add_layout(Legend(items=[("measured (sparse kernels)", [self.measured]),
+                                     ("theoretical (FLOPs reduction)", [self.theoretical])],
+                              location="top_left", orientation="horizontal", label_text_font_size="11px",
+                              background_fill_alpha=0.8, padding=3, spacing=12))
+        fig.add_tools(HoverTool(renderers=[self.measured, self.theoretical], tooltips=[
+            ("layer", "@factor (@format)"), ("measured", "@measured{0.00}×"),
+            ("theoretical", "@theoretical{0.00}×"), ("dense / sparse", "@dense_ms{0.000} / @sparse_ms{0.000} ms"),
+        ]))
+        self.frame = pd.DataFrame(columns=list(TABLE_COLUMNS))
+        self.table = pn.pane.DataFrame(self.frame, index=False, float_format=_number, border=0,
+                                       sizing_mode="stretch_width", styles={"font-size": "12px"})
+        self._layout = pn.Row(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), self.table, sizing_mode="stretch_width")
+
+    def show(self, report: "SpeedReport", title: str) -> None:
+        """Draw ``report`` under ``title``."""
+        table = report.table
+        factors = [WHOLE_MODEL if name == "model" else name for name in table["layer"]]
+        measured = [float(v) for v in table["measured_speedup"]]
+        theoretical = [float(v) for v in table["theoretical_speedup"]]
+        self.figure.x_range.factors = factors
+        values = [v for v in measured + theoretical if v > 0 and math.isfinite(v)] + [1.0]
+        self.figure.y_range.update(start=min(values) / 1.6, end=max(values) * 2.2)  # room for the legend
+        self.source.data = {
+            "factor": factors, "layer": list(table["layer"]), "format": list(table["format"]),
+            "measured": measured, "theoretical": theoretical,
+            "dense_ms": [float(v) for v in table["dense_ms"]], "sparse_ms": [float(v) for v in table["sparse_ms"]],
+        }
+        self.figure.title.text = title
+        self.frame = table[list(TABLE_COLUMNS.values())].set_axis(list(TABLE_COLUMNS), axis=1)
+        self.table.object = self.frame
+        self.set_stale(False)
+
+    def set_stale(self, stale: bool) -> None:
+        """Fade the bars when they no longer describe the current setting."""
+        alpha = 0.3 if stale else 1.0
+        for renderer in (self.measured, self.theoretical):
+            renderer.glyph.fill_alpha = renderer.glyph.line_alpha = alpha
+
+    def clear(self, title: str = "Not measured yet") -> None:
+        """Nothing drawn."""
+        self.source.data = dict(_EMPTY)
+        self.figure.x_range.factors = []
+        self.figure.title.text = title
+        self.frame = pd.DataFrame(columns=list(TABLE_COLUMNS))
+        self.table.object = self.frame
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._layout

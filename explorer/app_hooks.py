@@ -1,0 +1,32 @@
+"""Server lifecycle hooks of ``panel serve explorer`` (Bokeh runs this file for directory apps).
+
+When the server loads, before the first visitor: start compiling the Numba kernels in the
+background, import torch, scikit-learn and the app, and load the digits data, so that no session
+pays for imports and no slider move waits for a JIT compile. Absolute imports only: Bokeh loads
+``explorer/`` as a synthetic package.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger("prunescope.explorer.app_hooks")
+
+
+def on_server_loaded(server_context) -> None:
+    """Warm the process up once per server: kernels in the background, imports and data here."""
+    start = time.perf_counter()
+    from prunescope.explorer.app.backends import evaluation_backends, kernel_warmup
+
+    kernel_warmup()  # a daemon thread; sessions wait for its future on their worker threads
+    import sklearn.datasets  # noqa: F401 - imported now so the first session does not pay for it
+    import torch  # noqa: F401
+
+    import prunescope.explorer.app.app  # noqa: F401 - Panel views, Bokeh models, the engine
+    from prunescope.sample_models import get_sample_model, list_sample_models
+
+    for name in list_sample_models():
+        get_sample_model(name).data("test")  # the digits split is cached for the process
+    log.info("prunescope: imports and data ready in %.1f s; backends %s; kernels compiling in the background",
+             time.perf_counter() - start, evaluation_backends())
