@@ -1,0 +1,135 @@
+"""The Speed section: a background benchmark on a real explorer, drawn exactly as the engine's
+report, marked stale when the setting changes, errors in the alert."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunescope.explorer.app import ExplorerApp
+from prunescope.explorer.app.speed_chart import TABLE_COLUMNS, WHOLE_MODEL
+from prunescope.explorer.app.speed_view import describe_spec
+from prunescope.explorer.state import PruneSpec
+
+REPEATS = 3  # medians of a few runs: the tests check plumbing, never timings
+
+
+def _close(app: ExplorerApp) -> None:
+    """Let background work finish before closing: no torch call may outlive the test session."""
+    assert app.wait_idle() and app.sensitivity.wait_idle() and app.speed.wait_idle()
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def measured():
+    """An MLP app, LAMP 80 %, whose speed was measured at batch 32 on numba-cpu."""
+    app = ExplorerApp(model="digits_mlp")
+    app.speed.repeats = REPEATS
+    app.controls.method.value = "lamp"
+    app.controls.sparsity.value = 0.8
+    app.speed.batch_size.value = 32
+    assert app.wait_idle()
+    view = app.speed
+    view.run()
+    assert view.running and view.run_button.disabled and view.progress.visible
+    assert "Measuring" in view.status.object
+    assert view.wait_idle(120)
+    yield app
+    _close(app)
+
+
+def test_chart_and_table_are_the_engine_report(measured):
+    view = measured.speed
+    report = view.reports["digits_mlp"]
+    assert report.spec == measured.explorer.state.spec() and report.batch_size == 32
+    assert report.backend == "numba-cpu"
+    table = report.table
+    data = view.chart.source.data
+    assert data["layer"] == [*measured.explorer.layers, "model"] == list(table["layer"])
+    assert data["factor"] == [*measured.explorer.layers, WHOLE_MODEL]
+    assert list(view.chart.figure.x_range.factors) == data["factor"]
+    assert data["measured"] == pytest.approx(list(table["measured_speedup"]))
+    assert data["theoretical"] == pytest.approx(list(table["theoretical_speedup"]))
+    assert data["format"] == ["csr", "csr", "csr", "whole forward"]
+    shown = view.chart.frame
+    assert list(shown.columns) == list(TABLE_COLUMNS)
+    assert shown.values.tolist() == table[list(TABLE_COLUMNS.values())].values.tolist()
+    assert view.chart.table.object is shown
+    # the theoretical speed-up is the FLOPs reduction the cost card shows
+    assert data["theoretical"][-1] == pytest.approx(measured.metrics.cost.flops_reduction)
+    y = view.chart.figure.y_range
+    assert y.start < min(1.0, *data["measured"], *data["theoretical"]) and y.end > max(data["theoretical"])
+    assert view.chart.figure.yaxis[0].axis_label == "speed-up over dense torch (x)"
+
+
+def test_status_states_what_was_measured(measured):
+    view = measured.speed
+    whole = view.reports["digits_mlp"].whole
+    assert not view.running and not view.run_button.disabled and not view.progress.visible
+    assert "LAMP 80 %" in view.status.object and "batch 32" in view.status.object
+    assert f"{whole['measured_speedup']:.2f}×" in view.status.object
+    assert "setting changed" not in view.status.object
+    assert "LAMP 80 %" in view.chart.figure.title.text
+    assert view.chart.measured.glyph.fill_alpha == 1.0
+
+
+@pytest.mark.parametrize("change", ["sparsity", "batch", "layer"])
+def test_a_changed_setting_marks_the_result_stale(measured, change):
+    view, controls = measured.speed, measured.controls
+    report = view.reports["digits_mlp"]
+    if change == "sparsity":
+        controls.sparsity.value = 0.5
+    elif change == "batch":
+        view.batch_size.value = 256
+    else:
+        measured.explorer.set_layer_sparsity("fc1", 0.3)
+    assert "Measured for <b>LAMP 80 %</b>" in view.status.object and "setting changed" in view.status.object
+    assert view.chart.measured.glyph.fill_alpha < 1.0
+    assert view.chart.source.data["measured"] == pytest.approx(list(report.table["measured_speedup"]))
+    # back to the measured setting: current again
+    view.batch_size.value = 32
+    measured.explorer.prune("lamp", sparsity=0.8)
+    assert "setting changed" not in view.status.object and view.chart.measured.glyph.fill_alpha == 1.0
+    assert measured.wait_idle()
+
+
+def test_each_model_keeps_its_report(measured):
+    view = measured.speed
+    measured.controls.model.value = "digits_cnn"
+    assert view.chart.source.data["measured"] == [] and "Not measured" in view.status.object
+    view.batch_size.value = 1
+    view.run()
+    assert view.wait_idle(120)
+    cnn = view.reports["digits_cnn"]
+    assert cnn.batch_size == 1 and set(cnn.table["format"][:2]) == {"csr-conv"}
+    assert view.chart.source.data["layer"] == [*measured.explorer.layers, "model"]
+    measured.controls.model.value = "digits_mlp"
+    view.batch_size.value = 32
+    assert view.chart.source.data["layer"] == ["fc1", "fc2", "fc3", "model"]
+    assert "setting changed" not in view.status.object
+
+
+def test_a_failing_measurement_shows_an_alert(monkeypatch):
+    app = ExplorerApp(model="digits_mlp")
+    try:
+        def broken(**kwargs):
+            raise RuntimeError("benchmark broke (simulated)")
+
+        monkeypatch.setattr(app.explorer, "benchmark", broken)
+        app.speed.run()
+        assert app.speed.wait_idle(60)
+        assert app.alert.visible and "benchmark broke (simulated)" in app.alert.object
+        assert "failed" in app.speed.status.object and not app.speed.running
+        assert not app.speed.run_button.disabled
+    finally:
+        _close(app)
+
+
+@pytest.mark.parametrize("spec, text", [
+    (PruneSpec("lamp", 0.8), "LAMP 80 %"),
+    (PruneSpec("nm", 0.5, n=2, m=4), "N:M semi-structured 2:4"),
+    (PruneSpec("channel", 0.25), "Channel (structured), 25 % of channels"),
+    (PruneSpec("magnitude", 0.5, overrides=(("fc1", 0.1),), skip_first_last=True),
+     "Magnitude (layer-wise) 50 %, 1 layer set by hand, first and last layer dense"),
+])
+def test_describe_spec(spec, text):
+    assert describe_spec(spec) == text
