@@ -115,7 +115,7 @@ class MetricsPanel(pn.viewable.Viewer):
         """Measured accuracy and loss (and the cost they were measured at), run on ``backend``."""
         self.metrics = metrics
         self.backend = backend
-        self.accuracy.title = f"Accuracy (test, {backend})"
+        self.accuracy.title = "Accuracy (test)" if backend == "torch" else f"Accuracy ({backend})"
         self.show_cost(metrics)
         self.accuracy.value = _percent(metrics.accuracy)
         self.loss.value = f"{metrics.loss:.3f}"

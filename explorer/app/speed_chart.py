@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, Legend, LogTicker, Range1d, Span
+from bokeh.models import ColumnDataSource, FactorRange, FixedTicker, HoverTool, Legend, NumeralTickFormatter, Range1d, Span
 from bokeh.plotting import figure
 from bokeh.transform import dodge
 
@@ -25,6 +25,11 @@ TABLE_COLUMNS = {
     "measured ×": "measured_speedup", "theoretical ×": "theoretical_speedup",
 }
 _EMPTY = {"factor": [], "layer": [], "format": [], "measured": [], "theoretical": [], "dense_ms": [], "sparse_ms": []}
+
+
+def _log_ticks(start: float, end: float) -> list[float]:
+    """1-2-5 ticks between ``start`` and ``end`` (a log axis of a few decades)."""
+    return [m * 10.0**e for e in range(-4, 6) for m in (1, 2, 5) if start <= m * 10.0**e <= end]
 
 
 def _number(value: float) -> str:
@@ -52,7 +57,8 @@ class SpeedChart(pn.viewable.Viewer):
         fig.title.text_font_size = "13px"
         fig.xgrid.grid_line_color = None
         fig.axis.axis_label_text_font_style = "normal"
-        fig.yaxis.ticker = LogTicker(mantissas=[1, 2, 5])
+        fig.yaxis.ticker = FixedTicker(ticks=_log_ticks(0.5, 2))
+        fig.yaxis.formatter = NumeralTickFormatter(format="0.[00]")  # 0.5, 1, 20: not 10^1
         # bars start at 1x: above the line the sparse model is faster, below it slower
         self.measured = fig.vbar(x=dodge("factor", -0.19, range=fig.x_range), bottom=1, top="measured", width=0.36,
                                  source=self.source, fill_color=MEASURED, line_color=MEASURED)
@@ -62,14 +68,14 @@ class SpeedChart(pn.viewable.Viewer):
         fig.add_layout(Legend(items=[("measured (sparse kernels)", [self.measured]),
                                      ("theoretical (FLOPs reduction)", [self.theoretical])],
                               location="top_left", orientation="horizontal", label_text_font_size="11px",
-                              background_fill_alpha=0.8, padding=3, spacing=12))
+                              border_line_color=None, padding=0, spacing=12, margin=4), "above")
         fig.add_tools(HoverTool(renderers=[self.measured, self.theoretical], tooltips=[
             ("layer", "@factor (@format)"), ("measured", "@measured{0.00}×"),
             ("theoretical", "@theoretical{0.00}×"), ("dense / sparse", "@dense_ms{0.000} / @sparse_ms{0.000} ms"),
         ]))
         self.frame = pd.DataFrame(columns=list(TABLE_COLUMNS))
-        self.table = pn.pane.DataFrame(self.frame, index=False, float_format=_number, border=0,
-                                       sizing_mode="stretch_width", styles={"font-size": "12px"})
+        self.table = pn.pane.DataFrame(self.frame, index=False, float_format=_number, border=0, width=430,
+                                       margin=(24, 10, 10, 10), styles={"font-size": "12px"})
         self._layout = pn.Row(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), self.table, sizing_mode="stretch_width")
 
     def show(self, report: "SpeedReport", title: str) -> None:
@@ -80,7 +86,9 @@ class SpeedChart(pn.viewable.Viewer):
         theoretical = [float(v) for v in table["theoretical_speedup"]]
         self.figure.x_range.factors = factors
         values = [v for v in measured + theoretical if v > 0 and math.isfinite(v)] + [1.0]
-        self.figure.y_range.update(start=min(values) / 1.6, end=max(values) * 2.2)  # room for the legend
+        start, end = min(values) / 1.5, max(values) * 1.5
+        self.figure.y_range.update(start=start, end=end)
+        self.figure.yaxis.ticker.ticks = _log_ticks(start, end)
         self.source.data = {
             "factor": factors, "layer": list(table["layer"]), "format": list(table["format"]),
             "measured": measured, "theoretical": theoretical,

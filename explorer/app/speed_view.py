@@ -65,7 +65,8 @@ class SpeedView(pn.viewable.Viewer):
         self.run_button = pn.widgets.Button(label="Measure speed", color="primary", width=150,
                                             margin=(24, 10, 10, 10))
         self.progress = pn.indicators.Progress(value=-1, active=False, visible=False, width=160, margin=(36, 10))
-        self.status = pn.pane.HTML("", margin=(30, 10, 10, 10), styles={"font-size": "13px", "color": "#374151"})
+        self.status = pn.pane.HTML("", margin=(30, 10, 10, 10), sizing_mode="stretch_width",
+                                   styles={"font-size": "13px", "color": "#374151"})
         self.note = pn.pane.HTML(
             "Median of repeated runs; dense torch and the sparse model run the same batch of test images. "
             "Other work in this process (evaluation, sweeps) can slow a measurement down.",
@@ -76,7 +77,8 @@ class SpeedView(pn.viewable.Viewer):
         self.batch_size.param.watch(lambda event: self.mark(), "value")
         self.backend.param.watch(lambda event: self.mark(), "value")
         self._layout = pn.Column(
-            pn.Row(self.batch_size, self.backend, self.run_button, self.progress, self.status),
+            pn.Row(self.batch_size, self.backend, self.run_button, self.progress, self.status,
+                   sizing_mode="stretch_width"),
             self.chart, self.note, sizing_mode="stretch_width",
         )
 
@@ -153,8 +155,8 @@ class SpeedView(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------------------ drawing
     def _show(self, report: "SpeedReport") -> None:
-        self.chart.show(report, f"Speed-up of {describe_spec(report.spec)} on {self._explorer.name}, "
-                                f"batch {report.batch_size}, {report.backend}")
+        self.chart.show(report, f"{describe_spec(report.spec)} · {self._explorer.name} · "
+                                f"batch {report.batch_size} · {report.backend}")
         self.mark()
 
     def is_stale(self, report: "SpeedReport") -> bool:

@@ -59,6 +59,8 @@ def test_chart_and_table_are_the_engine_report(measured):
     y = view.chart.figure.y_range
     assert y.start < min(1.0, *data["measured"], *data["theoretical"]) and y.end > max(data["theoretical"])
     assert view.chart.figure.yaxis[0].axis_label == "speed-up over dense torch (x)"
+    ticks = view.chart.figure.yaxis[0].ticker.ticks
+    assert 1 in ticks and all(y.start <= t <= y.end for t in ticks)
 
 
 def test_status_states_what_was_measured(measured):

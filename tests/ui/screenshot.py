@@ -1,4 +1,4 @@
-"""Take docs/screenshot.png: digits_cnn, LAMP at 80 % sparsity, sensitivity measured.
+"""Take docs/screenshot.png: digits_cnn, LAMP at 80 % sparsity on numba-cpu, sensitivity and speed measured.
 
     .venv/bin/python tests/ui/screenshot.py [--out docs/screenshot.png]
 
@@ -8,13 +8,14 @@ Runs ``panel serve explorer`` and Debian's headless Chromium like the browser te
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 from ui_helpers import REPO, launch_chromium, panel_server, select_by_label, slider_handle, wait_for_metrics
 
 
-def take_screenshot(out: Path, width: int = 1400, height: int = 900) -> Path:
+def take_screenshot(out: Path, width: int = 1400, height: int = 1320) -> Path:
     """Drive the app to a meaningful setting and save a ``width`` x ``height`` PNG at ``out``."""
     with panel_server() as url, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
@@ -31,6 +32,10 @@ def take_screenshot(out: Path, width: int = 1400, height: int = 900) -> Path:
         expect(page.locator(".bk-slider-title", has_text="Global sparsity")).to_contain_text("80%")
         page.get_by_role("button", name="Run sensitivity sweep").click()
         expect(page.get_by_text("Measured:")).to_be_visible(timeout=120_000)
+        select_by_label(page, "Evaluate with").select_option("numba-cpu")
+        expect(page.locator("[data-metric=accuracy] .ps-title")).to_contain_text("numba-cpu", timeout=120_000)
+        page.get_by_role("button", name="Measure speed").click()
+        expect(page.get_by_text(re.compile("^Measured for"))).to_be_visible(timeout=120_000)
         page.wait_for_timeout(1000)  # let the last redraws land
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
