@@ -47,8 +47,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self._explorers: dict[str, Explorer] = {}
         self._explorer: Explorer | None = None
         self._syncing = False
-        self._requested: tuple[int, PruneSpec, str] | None = None  # (explorer id, spec, backend) being measured
-        self._shown: tuple[int, PruneSpec, str] | None = None  # (explorer id, spec, backend) on the cards now
+        # (explorer id, spec, backend) being measured, and the one on the cards now
+        self._requested: tuple[int, PruneSpec, str] | None = None
+        self._shown: tuple[int, PruneSpec, str] | None = None
 
         self.controls = Controls(models, model, evaluation_backends())
         self.metrics = MetricsPanel()
@@ -268,15 +269,13 @@ class ExplorerApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------------------ layout
     def _main(self) -> list[pn.viewable.Viewable]:
+        def heading(title: str, text: str) -> pn.pane.HTML:
+            return pn.pane.HTML(f"<b>{title}</b> — {text}", margin=(10, 10, 0, 10), styles={"font-size": "14px"})
+
         return [
-            self.metrics,
-            self.alert,
-            pn.Row(self.layer_chart, self.mask_view, sizing_mode="stretch_width"),
-            pn.pane.HTML("<b>Sensitivity</b> — measured accuracy when pruning more, per method "
-                         "and per layer", margin=(10, 10, 0, 10), styles={"font-size": "14px"}),
-            self.sensitivity,
-            pn.pane.HTML("<b>Speed</b> — measured latency of the sparse kernels against dense torch, "
-                         "beside the FLOPs reduction", margin=(10, 10, 0, 10), styles={"font-size": "14px"}),
+            self.metrics, self.alert, pn.Row(self.layer_chart, self.mask_view, sizing_mode="stretch_width"),
+            heading("Sensitivity", "measured accuracy when pruning more, per method and per layer"), self.sensitivity,
+            heading("Speed", "measured latency of the sparse kernels against dense torch, beside the FLOPs reduction"),
             self.speed,
         ]
 

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, FactorRange, FixedTicker, HoverTool, Legend, NumeralTickFormatter, Range1d, Span
+from bokeh.models import (
+    ColumnDataSource,
+    FactorRange,
+    FixedTicker,
+    HoverTool,
+    Legend,
+    NumeralTickFormatter,
+    Range1d,
+    Span,
+)
 from bokeh.plotting import figure
 from bokeh.transform import dodge
 

@@ -43,7 +43,8 @@ class SpeedView(pn.viewable.Viewer):
     """Batch size and kernel backend, a "Measure speed" button, the chart and table of the result.
 
     The measurement (``Explorer.benchmark``) runs on this view's own worker thread and its result
-    comes back through the session's dispatcher. The last report of each model is kept for the
+    comes back through the session's dispatcher (inside a Jupyter kernel it runs inline, like the
+    app's evaluation). The last report of each model is kept for the
     session; when the setting, the batch size or the backend changes it stays on screen, faded
     and marked as measured for the old setting.
     """
@@ -104,18 +105,29 @@ class SpeedView(pn.viewable.Viewer):
         explorer = self._explorer
         if explorer is None or self.running:
             return
-        spec, backend, batch_size, repeats = explorer.state.spec(), self.backend.value, self.batch_size.value, self.repeats
+        spec, backend, batch_size, repeats = (explorer.state.spec(), self.backend.value, self.batch_size.value,
+                                              self.repeats)
         warming = warmup_for(backend)
         token = object()
         self._token = token
         self.run_button.disabled = True
         self.progress.param.update(visible=True, active=True)
         waiting = " (the kernels are still compiling; measuring after)" if not warming.done() else ""
-        self.status.object = f"Measuring <b>{html.escape(describe_spec(spec))}</b>, batch {batch_size}, {backend}…{waiting}"
+        self.status.object = (f"Measuring <b>{html.escape(describe_spec(spec))}</b>, batch {batch_size}, "
+                              f"{backend}…{waiting}")
 
         def job() -> "SpeedReport":
             warming.result()  # re-raises a failed compile
             return explorer.benchmark(batch_size=batch_size, backend=backend, repeats=repeats, spec=spec)
+
+        if self._dispatch.in_kernel:  # background threads cannot update a notebook page
+            try:
+                report = job()
+            except Exception as err:  # noqa: BLE001 - shown as an alert like any engine error
+                self._failed(token, err)
+            else:
+                self._finished(explorer, token, report)
+            return
 
         self._worker.submit(
             job,

@@ -135,3 +135,19 @@ def test_a_failing_measurement_shows_an_alert(monkeypatch):
 ])
 def test_describe_spec(spec, text):
     assert describe_spec(spec) == text
+
+
+def test_inside_a_jupyter_kernel_the_measurement_runs_inline(monkeypatch):
+    from prunescope.explorer.app.dispatch import SessionDispatcher
+
+    monkeypatch.setattr(SessionDispatcher, "in_kernel", property(lambda self: True))
+    app = ExplorerApp(model="digits_mlp")
+    try:
+        app.speed.repeats = REPEATS
+        app.explorer.prune("magnitude", sparsity=0.5)
+        app.speed.run()  # returns with the result shown: no thread may update a notebook page
+        report = app.speed.reports["digits_mlp"]
+        assert app.speed.chart.source.data["measured"] == pytest.approx(list(report.table["measured_speedup"]))
+        assert not app.speed.running and "Magnitude (layer-wise) 50 %" in app.speed.status.object
+    finally:
+        _close(app)
