@@ -359,12 +359,14 @@ class Explorer:
         with torch.no_grad():
             return torch.cat([model(self._inputs[i : i + self.batch_size]) for i in range(0, len(self._inputs), self.batch_size)])
 
-    def benchmark(self, batch_size: int = 64, backend: str = "numba-cpu", repeats: int = 20, spec: PruneSpec | None = None):
+    def benchmark(self, batch_size: int = 64, backend: str = "numba-cpu", repeats: int = 20,
+                  spec: PruneSpec | None = None, **kwargs: Any):
         """Measured latency of dense torch vs sparse execution, per layer and whole model, beside
-        the FLOPs reduction; see :func:`prunescope.explorer.sparse_exec.benchmark`."""
+        the FLOPs reduction (``progress=``, ``cancel=`` as for :meth:`sensitivity`); see
+        :func:`prunescope.explorer.sparse_exec.benchmark`."""
         from prunescope.explorer.sparse_exec import benchmark
 
-        return benchmark(self, spec or self.state.spec(), backend, batch_size, repeats)
+        return benchmark(self, spec or self.state.spec(), backend, batch_size, repeats, **kwargs)
 
     def dense_metrics(self) -> Metrics:
         """Metrics of the unpruned model (the reference shown beside every number)."""

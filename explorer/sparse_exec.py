@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from prunescope.explorer.pruning import nm_groups
+from prunescope.explorer.sensitivity import Cancelled
 from prunescope.explorer.state import PruneSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,11 +196,15 @@ def _layer_inputs(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[
 
 
 def benchmark(explorer: "Explorer", spec: PruneSpec, backend: str = "numba-cpu",
-              batch_size: int = 64, repeats: int = 20) -> SpeedReport:
+              batch_size: int = 64, repeats: int = 20,
+              progress: Callable[[int, int], None] | None = None,
+              cancel: threading.Event | None = None) -> SpeedReport:
     """Time dense torch vs sparse execution of ``spec`` per layer and whole model at ``batch_size``.
 
     Inputs are the explorer's evaluation data (repeated to fill the batch). Medians over
     ``repeats`` runs after two warm-up runs; the theoretical speed-up is the FLOPs reduction.
+    ``progress(done, total)`` is called after each timed item; setting ``cancel`` stops with
+    :class:`~prunescope.explorer.sensitivity.Cancelled`.
     """
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 4096:
         raise ValueError(f"batch_size must be an integer in [1, 4096], got {batch_size!r}")
@@ -212,17 +218,29 @@ def benchmark(explorer: "Explorer", spec: PruneSpec, backend: str = "numba-cpu",
     sparse_inputs = _layer_inputs(sparse_model, explorer.layers, x)
     per_layer = explorer.cost(spec).per_layer.set_index("layer")
     rows = []
+    total = len(explorer.layers) + 1
+
+    def step() -> None:
+        if progress is not None:
+            progress(len(rows), total)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"speed measurement cancelled after {len(rows)} of {total} items")
+
     with torch.no_grad():
         for name in explorer.layers:
+            step()
             dense_layer, sparse_layer = dense_model.get_submodule(name), sparse_model.get_submodule(name)
             dense_s = median_seconds(lambda: dense_layer(dense_inputs[name]), repeats)
             sparse_s = median_seconds(lambda: sparse_layer(sparse_inputs[name]), repeats)
             rows.append(_row(name, formats[name], dense_s, sparse_s, per_layer.loc[name, "flops_dense"],
                              per_layer.loc[name, "flops_effective"]))
+        step()
         dense_s = median_seconds(lambda: dense_model(x), repeats)
         sparse_s = median_seconds(lambda: sparse_model(x), repeats)
     cost = explorer.cost(spec)
     rows.append(_row("model", "whole forward", dense_s, sparse_s, cost.flops_dense, cost.flops_effective))
+    if progress is not None:
+        progress(total, total)
     return SpeedReport(table=pd.DataFrame(rows), batch_size=batch_size, backend=backend, spec=spec)
 
 

@@ -124,3 +124,16 @@ def test_two_sessions_run_the_kernels_at_once():
     for t in threads:
         t.join(120)
     assert not errors and results == expected
+
+
+def test_benchmark_reports_progress_and_can_be_cancelled(explorers):
+    from prunescope.explorer.sensitivity import Cancelled
+
+    ex = explorers["digits_mlp"].prune("lamp", sparsity=0.9)
+    calls = []
+    ex.benchmark(batch_size=4, repeats=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled, match="after 0 of 4"):
+        ex.benchmark(batch_size=4, repeats=1, cancel=cancel)
