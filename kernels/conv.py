@@ -20,7 +20,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from prunescope.kernels.spmm import _accumulate_row
+from prunescope.kernels.simd import LANES
+from prunescope.kernels.spmm import accumulate_lanes
 
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"})
 COLS_CACHE_BYTES = 1 << 18  # one (K, pc) im2col chunk should stay in the L2 cache
@@ -32,12 +33,13 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 
 
 def position_chunk_width(positions: int, taps: int, images: int, threads: int) -> int:
-    """Output positions per im2col chunk: fits ``COLS_CACHE_BYTES`` and gives every thread work."""
-    cap = max(8, COLS_CACHE_BYTES // (4 * max(taps, 1)))
+    """Output positions per im2col chunk, a multiple of 16: the (taps, chunk) slab fits
+    ``COLS_CACHE_BYTES`` and there are at least two chunks per thread where possible."""
+    cap = max(LANES, COLS_CACHE_BYTES // (4 * max(taps, 1)) // LANES * LANES)
     n_chunks = max(-(-positions // cap), -(-2 * threads // max(images, 1)))
-    n_chunks = min(n_chunks, max(1, positions // 8))
+    n_chunks = min(n_chunks, max(1, positions // LANES))
     width = -(-positions // n_chunks)
-    return max(1, -(-width // 8) * 8 if width > 8 else width)
+    return -(-width // LANES) * LANES
 
 
 @numba.njit(**_JIT)
@@ -74,16 +76,22 @@ def _im2col_chunk(padded, kh, kw, sh, sw, dh, dw, out_w, p0, p1, cols):
 
 
 @numba.njit(**_JIT)
-def _conv_chunk(data, indices, indptr, padded, bias, out_image, geometry, p0, p1, cols):
-    """All output channels of positions ``p0:p1`` of one padded image: im2col, then CSR rows."""
+def _conv_chunk(data, indices, indptr, padded, bias, out_image, geometry, p0, p1, cols, acc):
+    """All output channels of positions ``p0:p1`` of one padded image: im2col, then CSR rows.
+
+    ``cols`` (taps, chunk) and ``acc`` (chunk,) are scratch, ``chunk >= p1 - p0`` a multiple of
+    16; lanes past ``p1 - p0`` compute garbage that is never written out.
+    """
     kh, kw, sh, sw, ph, pw, dh, dw, out_w = geometry
     _im2col_chunk(padded, kh, kw, sh, sw, dh, dw, out_w, p0, p1, cols)
     for co in range(indptr.size - 1):
-        acc = out_image[co, p0:p1]
         acc[:] = bias[co]
         start = indptr[co]
         end = indptr[co + 1]
-        _accumulate_row(data[start:end], indices[start:end], cols, acc)
+        accumulate_lanes(data[start:end], indices[start:end], cols, acc)
+        out_row = out_image[co]
+        for p in range(p1 - p0):
+            out_row[p0 + p] = acc[p]
 
 
 @numba.njit(**_JIT)
@@ -91,21 +99,20 @@ def csr_conv2d_serial(data, indices, indptr, x, bias, out, geometry, chunk):
     """``out (B, C_out, P)`` = conv of ``x (B, C_in, H, W)`` with a CSR weight; one thread.
 
     ``geometry`` is the int64 array ``(kh, kw, sh, sw, ph, pw, dh, dw, out_w)`` and ``chunk``
-    the number of output positions per im2col chunk.
+    the number of output positions per im2col chunk (a multiple of 16).
     """
     batch, channels, height, width = x.shape
     ph = geometry[4]
     pw = geometry[5]
     positions = out.shape[2]
-    taps = channels * geometry[0] * geometry[1]
     padded = np.empty((channels, height + 2 * ph, width + 2 * pw), dtype=np.float32)
-    buffer = np.empty(taps * chunk, dtype=np.float32)
+    cols = np.zeros((channels * geometry[0] * geometry[1], chunk), dtype=np.float32)
+    acc = np.empty(chunk, dtype=np.float32)
     for b in range(batch):
         _pad_image(x[b], ph, pw, padded)
         for p0 in range(0, positions, chunk):
             p1 = min(p0 + chunk, positions)
-            cols = buffer[: taps * (p1 - p0)].reshape(taps, p1 - p0)
-            _conv_chunk(data, indices, indptr, padded, bias, out[b], geometry, p0, p1, cols)
+            _conv_chunk(data, indices, indptr, padded, bias, out[b], geometry, p0, p1, cols, acc)
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -124,8 +131,9 @@ def csr_conv2d_parallel(data, indices, indptr, x, bias, out, geometry, chunk):
         b = task // n_chunks
         p0 = (task % n_chunks) * chunk
         p1 = min(p0 + chunk, positions)
-        cols = np.empty((taps, p1 - p0), dtype=np.float32)
-        _conv_chunk(data, indices, indptr, padded[b], bias, out[b], geometry, p0, p1, cols)
+        cols = np.zeros((taps, chunk), dtype=np.float32)
+        acc = np.empty(chunk, dtype=np.float32)
+        _conv_chunk(data, indices, indptr, padded[b], bias, out[b], geometry, p0, p1, cols, acc)
 
 
 @numba.njit(**_JIT)

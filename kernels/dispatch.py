@@ -169,12 +169,15 @@ def _csr_linear_cpu(x: np.ndarray, layer: SparseLinear, parallel: bool | None) -
         else:
             spmm.csr_spmv_serial(w.data, w.indices, w.indptr, x[0], layer.bias, out[0])
         return out
-    xt = spmm.pack_batch_chunks(x, spmm.batch_chunk_width(batch, layer.in_features))
+    chunk = spmm.batch_chunk_width(batch)
+    bounds = layer.panel_bounds(spmm.panel_columns(layer.in_features, chunk))
     if use_threads:
         with parallel_section():
-            spmm.csr_spmm_parallel(w.data, w.indices, w.indptr, xt, layer.bias, out, splits)
+            xt = spmm.pack_batch_chunks_parallel(x, chunk)
+            spmm.csr_spmm_parallel(w.data, w.indices, bounds, xt, layer.bias, out, splits)
     else:
-        spmm.csr_spmm_serial(w.data, w.indices, w.indptr, xt, layer.bias, out)
+        xt = spmm.pack_batch_chunks(x, chunk)
+        spmm.csr_spmm_serial(w.data, w.indices, bounds, xt, layer.bias, out)
     return out
 
 
@@ -194,12 +197,16 @@ def _nm_linear_cpu(x: np.ndarray, layer: NMLinear, parallel: bool | None) -> np.
         else:
             spmm.nm_spmv_serial(w.values, w.offsets, w.n, w.m, x[0], layer.bias, out[0])
         return out
-    xt = spmm.pack_batch_chunks(x, spmm.batch_chunk_width(batch, layer.in_features))
+    chunk = spmm.batch_chunk_width(batch)
+    panel_entries = spmm.panel_columns(layer.in_features, chunk, w.m) // w.m * w.n
     if use_threads:
         with parallel_section():
-            spmm.nm_spmm_parallel(w.values, w.offsets, w.n, w.m, xt, layer.bias, out, splits)
+            xt = spmm.pack_batch_chunks_parallel(x, chunk)
+            spmm.nm_spmm_parallel(w.values, w.offsets, w.n, w.m, panel_entries, xt, layer.bias,
+                                  out, splits)
     else:
-        spmm.nm_spmm_serial(w.values, w.offsets, w.n, w.m, xt, layer.bias, out)
+        xt = spmm.pack_batch_chunks(x, chunk)
+        spmm.nm_spmm_serial(w.values, w.offsets, w.n, w.m, panel_entries, xt, layer.bias, out)
     return out
 
 

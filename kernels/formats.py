@@ -25,7 +25,8 @@ class CSRMatrix:
     """A float32 CSR matrix of shape ``(rows, cols)`` with int32 ``indices`` and ``indptr``.
 
     Row ``r`` holds ``data[indptr[r]:indptr[r+1]]`` at columns ``indices[indptr[r]:indptr[r+1]]``.
-    Construction validates everything a kernel relies on and raises ``ValueError`` otherwise.
+    Construction validates everything a kernel relies on and raises ``ValueError`` otherwise;
+    columns are sorted within each row (duplicates are kept and add up).
     """
 
     data: np.ndarray
@@ -57,6 +58,10 @@ class CSRMatrix:
                 raise ValueError(f"CSR column index out of range: indices[{bad[0]}] = "
                                  f"{indices[bad[0]]}, allowed 0 <= index < {cols}")
         check_finite(data, "CSR data")
+        row_of = np.repeat(np.arange(rows), np.diff(indptr))
+        if nnz and np.any(np.diff(row_of * np.int64(cols) + indices) < 0):
+            order = np.lexsort((indices, row_of))  # the kernels want sorted columns per row
+            data, indices = data[order], indices[order]
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "indices", indices)
         object.__setattr__(self, "indptr", indptr)

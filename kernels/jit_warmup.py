@@ -17,7 +17,7 @@ from prunescope.kernels.dispatch import nm_linear, sparse_conv2d, sparse_linear
 from prunescope.kernels.layers import NMLinear, SparseConv2d, SparseLinear
 
 CPU_KERNELS = (
-    spmm.pack_batch_chunks,
+    spmm.pack_batch_chunks, spmm.pack_batch_chunks_parallel,
     spmm.csr_spmm_serial, spmm.csr_spmm_parallel, spmm.csr_spmv_serial, spmm.csr_spmv_parallel,
     spmm.nm_spmm_serial, spmm.nm_spmm_parallel, spmm.nm_spmv_serial, spmm.nm_spmv_parallel,
     conv.csr_conv2d_serial, conv.csr_conv2d_parallel,

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from prunescope.kernels.formats import CSRMatrix, NMPacked, masked_dense, pack_nm
-from prunescope.kernels.spmm import balanced_row_splits
+from prunescope.kernels.spmm import balanced_row_splits, csr_panel_bounds
 from prunescope.kernels.validation import as_float32_array, check_finite, require
 
 
@@ -96,6 +96,12 @@ class SparseLinear:
         """Row ranges of similar nonzero count for ``parts`` parallel tasks (memoised)."""
         return self._cache.get(("splits", parts),
                                lambda: balanced_row_splits(self.weight.indptr, parts))
+
+    def panel_bounds(self, panel_cols: int) -> np.ndarray:
+        """Each row's nonzero range per column panel of ``panel_cols`` (memoised)."""
+        w = self.weight
+        return self._cache.get(("panels", panel_cols), lambda: csr_panel_bounds(
+            w.indptr, w.indices, w.shape[1], panel_cols))
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """Memoise a derived object (dense or device copy) on this layer."""

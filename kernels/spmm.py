@@ -3,16 +3,20 @@
 All kernels compute ``Y = X @ W.T + bias`` for a sparse weight ``W`` of shape ``(N, K)`` and
 dense activations ``X`` of shape ``(B, K)``; ``Y`` has shape ``(B, N)``.
 
-Layout (why it is fast): ``X`` is first repacked by :func:`pack_batch_chunks` into
-``xt`` of shape ``(n_chunks, K, chunk)``: for one chunk of ``chunk`` batch rows, column ``k`` of
-``X`` becomes one contiguous row ``xt[c, k]``. Each nonzero ``W[n, k]`` then does one contiguous
-axpy ``acc[:] += W[n, k] * xt[c, k, :]`` that LLVM vectorises, and a chunk is sized to stay in
-the L2 cache while all output rows stream past it. Four nonzeros are folded into one pass over
-``acc`` so that the accumulator is loaded and stored once per four nonzeros. Results of
-``ROW_BLOCK`` output rows are gathered in a small tile and written to ``Y`` transposed, so that
-every write to ``Y`` is a contiguous run of ``ROW_BLOCK`` floats.
+Layout (why it is fast):
 
-Batch 1 (a sparse matrix-vector product) has its own kernels with four independent scalar
+* ``X`` is repacked by :func:`pack_batch_chunks` into ``xt`` of shape ``(n_chunks, K, chunk)``,
+  ``chunk`` a multiple of 16 (zero padded): for one chunk of batch rows, column ``k`` of ``X``
+  becomes one contiguous row ``xt[c, k]``. A nonzero ``W[n, k]`` then is one vector FMA per 16
+  lanes, ``acc[:] += W[n, k] * xt[c, k, :]``, with ``acc`` held in registers over the whole row
+  (:mod:`prunescope.kernels.simd`).
+* The columns are cut into panels of ``panel_cols`` so that a ``(panel_cols, chunk)`` slab of
+  ``xt`` (``PANEL_BYTES``) stays in the L2 cache while ``ROW_BLOCK`` output rows stream past it;
+  a CSR row's nonzeros per panel come from :func:`csr_panel_bounds` (N:M rows have a fixed
+  number of entries per panel). The accumulators of a block are then written to ``Y``
+  transposed, a contiguous run of output features per batch row.
+
+Batch 1 (a sparse matrix-vector product) has its own kernels, with four independent scalar
 accumulators. The parallel variants split the work into ``(chunk, row range)`` tasks; the row
 ranges come from :func:`balanced_row_splits` so that every task holds about the same number of
 nonzeros.
@@ -27,26 +31,47 @@ import numba
 import numpy as np
 from numba import prange
 
-ROW_BLOCK = 16  # output rows per tile: one tile row of Y is a 64-byte cache line
-CHUNK_CACHE_BYTES = 1 << 20  # one (K, chunk) slab of X^T should fit in a core's L2 cache
-MAX_CHUNK = 128
+from prunescope.kernels.simd import LANES, row_fma_16, row_fma_64
+
+ROW_BLOCK = 128  # output rows whose accumulators (ROW_BLOCK, chunk) are kept per panel pass
+MAX_CHUNK = 64  # batch rows per chunk (measured best among 32, 64, 128)
+PANEL_BYTES = 1 << 19  # one (panel_cols, chunk) slab of X^T stays in a core's L2 cache
 
 _JIT = dict(cache=True, nogil=True, fastmath={"contract"})
 
 
-def batch_chunk_width(batch: int, in_features: int) -> int:
-    """Batch rows per chunk of the packed ``X^T`` for a batch of ``batch`` rows of ``in_features``.
+def batch_chunk_width(batch: int) -> int:
+    """Batch rows per chunk of the packed ``X^T``: equal chunks of at most ``MAX_CHUNK``,
+    rounded up to a multiple of 16 lanes."""
+    n_chunks = max(1, -(-batch // MAX_CHUNK))
+    width = -(-max(batch, 1) // n_chunks)
+    return -(-width // LANES) * LANES
 
-    Small batches (<= 16) form one chunk. Larger ones are split into equal chunks, each a
-    multiple of 8 floats wide and at most ``CHUNK_CACHE_BYTES`` large (so it stays in L2).
+
+def panel_columns(in_features: int, chunk: int, group: int = 1) -> int:
+    """Columns per panel for a chunk width: ``PANEL_BYTES`` of ``X^T``, a multiple of ``group``."""
+    cols = max(group, PANEL_BYTES // (4 * chunk))
+    cols -= cols % group
+    return max(group, min(cols, -(-in_features // group) * group))
+
+
+def csr_panel_bounds(indptr: np.ndarray, indices: np.ndarray, in_features: int,
+                     panel_cols: int) -> np.ndarray:
+    """Where each CSR row's nonzeros cross panel boundaries: int32 ``(rows, n_panels + 1)``.
+
+    Row ``r``'s nonzeros in columns ``[q * panel_cols, (q + 1) * panel_cols)`` are
+    ``bounds[r, q]:bounds[r, q + 1]`` (absolute positions in ``data``). Column indices must be
+    sorted within each row.
     """
-    if batch <= 16:
-        return max(batch, 1)
-    cap = CHUNK_CACHE_BYTES // (4 * max(in_features, 1))
-    cap = min(MAX_CHUNK, max(16, cap - cap % 8))
-    n_chunks = -(-batch // cap)
-    width = -(-batch // n_chunks)
-    return -(-width // 8) * 8
+    rows = indptr.size - 1
+    n_panels = max(1, -(-in_features // panel_cols))
+    row_of = np.repeat(np.arange(rows), np.diff(indptr))
+    counts = np.bincount(row_of * n_panels + indices // panel_cols, minlength=rows * n_panels)
+    bounds = np.empty((rows, n_panels + 1), dtype=np.int64)
+    bounds[:, 0] = indptr[:-1]
+    np.cumsum(counts.reshape(rows, n_panels), axis=1, out=bounds[:, 1:])
+    bounds[:, 1:] += bounds[:, :1]
+    return bounds.astype(np.int32)
 
 
 def balanced_row_splits(indptr: np.ndarray, n_parts: int) -> np.ndarray:
@@ -65,46 +90,100 @@ def balanced_row_splits(indptr: np.ndarray, n_parts: int) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
+def _pack_columns(x, chunk, c, k0, k1, xt):
+    """``xt[c, k, t] = x[c * chunk + t, k]`` for ``k0 <= k < k1`` (16 columns stay in L1)."""
+    for t in range(min(chunk, x.shape[0] - c * chunk)):
+        x_row = x[c * chunk + t]
+        for k in range(k0, k1):
+            xt[c, k, t] = x_row[k]
+
+
+@numba.njit(**_JIT)
 def pack_batch_chunks(x: np.ndarray, chunk: int) -> np.ndarray:
     """Repack ``x`` (B, K) into ``xt`` (ceil(B / chunk), K, chunk), zero-padding the last chunk."""
     batch, in_features = x.shape
     n_chunks = (batch + chunk - 1) // chunk
     xt = np.zeros((n_chunks, in_features, chunk), dtype=np.float32)
     for c in range(n_chunks):
-        rows = min(chunk, batch - c * chunk)
-        for k0 in range(0, in_features, 16):  # 16 x rows at a time: reads and writes stay in L1
-            k1 = min(k0 + 16, in_features)
-            for t in range(rows):
-                x_row = x[c * chunk + t]
-                for k in range(k0, k1):
-                    xt[c, k, t] = x_row[k]
+        for k0 in range(0, in_features, 16):
+            _pack_columns(x, chunk, c, k0, min(k0 + 16, in_features), xt)
+    return xt
+
+
+@numba.njit(parallel=True, **_JIT)
+def pack_batch_chunks_parallel(x: np.ndarray, chunk: int) -> np.ndarray:
+    """Parallel :func:`pack_batch_chunks` over blocks of 16 columns."""
+    batch, in_features = x.shape
+    n_chunks = (batch + chunk - 1) // chunk
+    n_blocks = (in_features + 15) // 16
+    xt = np.empty((n_chunks, in_features, chunk), dtype=np.float32)
+    for task in prange(n_chunks * n_blocks):
+        c = task // n_blocks
+        k0 = (task % n_blocks) * 16
+        k1 = min(k0 + 16, in_features)
+        xt[c, k0:k1, :] = 0.0
+        _pack_columns(x, chunk, c, k0, k1, xt)
     return xt
 
 
 @numba.njit(**_JIT)
-def _accumulate_row(values, cols, xc, acc):
-    """``acc[:] += sum_j values[j] * xc[cols[j], :]``, four nonzeros per pass over ``acc``."""
-    width = acc.size
-    count = values.size
-    j = 0
-    while j + 4 <= count:
-        v0 = values[j]
-        v1 = values[j + 1]
-        v2 = values[j + 2]
-        v3 = values[j + 3]
-        x0 = xc[cols[j]]
-        x1 = xc[cols[j + 1]]
-        x2 = xc[cols[j + 2]]
-        x3 = xc[cols[j + 3]]
-        for t in range(width):
-            acc[t] = acc[t] + v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
-        j += 4
-    while j < count:
-        v0 = values[j]
-        x0 = xc[cols[j]]
-        for t in range(width):
-            acc[t] += v0 * x0[t]
-        j += 1
+def accumulate_lanes(values, cols, xc, acc):
+    """``acc[:] += sum_j values[j] * xc[cols[j], :]``; ``acc.size`` a multiple of 16."""
+    lane0 = 0
+    while lane0 + 4 * LANES <= acc.size:
+        row_fma_64(values, cols, xc, acc, lane0)
+        lane0 += 4 * LANES
+    while lane0 < acc.size:
+        row_fma_16(values, cols, xc, acc, lane0)
+        lane0 += LANES
+
+
+@numba.njit(**_JIT)
+def _write_block(acc, out, row0, row1, batch0):
+    """Write ``acc[: row1 - row0, :]`` transposed into ``out[batch0 + t, row0:row1]``."""
+    rows_in_chunk = min(acc.shape[1], out.shape[0] - batch0)
+    for t in range(rows_in_chunk):
+        out_row = out[batch0 + t]
+        for r in range(row0, row1):
+            out_row[r] = acc[r - row0, t]
+
+
+@numba.njit(**_JIT)
+def _csr_rows(data, indices, bounds, xc, bias, out, row0, row1, batch0, acc):
+    """Output rows ``row0:row1`` of one batch chunk ``xc`` (K, chunk), panel by panel."""
+    for block0 in range(row0, row1, ROW_BLOCK):
+        block1 = min(block0 + ROW_BLOCK, row1)
+        for r in range(block0, block1):
+            acc[r - block0, :] = bias[r]
+        for q in range(bounds.shape[1] - 1):
+            for r in range(block0, block1):
+                start = bounds[r, q]
+                end = bounds[r, q + 1]
+                if end > start:
+                    accumulate_lanes(data[start:end], indices[start:end], xc, acc[r - block0])
+        _write_block(acc, out, block0, block1, batch0)
+
+
+@numba.njit(**_JIT)
+def csr_spmm_serial(data, indices, bounds, xt, bias, out):
+    """``out (B, N) = X @ W.T + bias`` for CSR ``W`` (panel ``bounds``) and packed ``xt``."""
+    n_rows = bounds.shape[0]
+    acc = np.empty((min(ROW_BLOCK, n_rows), xt.shape[2]), dtype=np.float32)
+    for c in range(xt.shape[0]):
+        _csr_rows(data, indices, bounds, xt[c], bias, out, 0, n_rows, c * xt.shape[2], acc)
+
+
+@numba.njit(parallel=True, **_JIT)
+def csr_spmm_parallel(data, indices, bounds, xt, bias, out, row_splits):
+    """Parallel :func:`csr_spmm_serial`: one task per (batch chunk, row range of ``row_splits``)."""
+    chunk = xt.shape[2]
+    n_ranges = row_splits.size - 1
+    for task in prange(xt.shape[0] * n_ranges):
+        c = task // n_ranges
+        row0 = row_splits[task % n_ranges]
+        row1 = row_splits[task % n_ranges + 1]
+        acc = np.empty((min(ROW_BLOCK, row1 - row0), chunk), dtype=np.float32)
+        _csr_rows(data, indices, bounds, xt[c], bias, out, row0, row1, c * chunk, acc)
 
 
 @numba.njit(**_JIT)
@@ -129,53 +208,6 @@ def _dot_row(values, cols, x):
 
 
 @numba.njit(**_JIT)
-def _write_tile(tile, out, row0, row1, batch0):
-    """Write ``tile[: row1 - row0, :]`` transposed into ``out[batch0 + t, row0:row1]``."""
-    rows_in_chunk = min(tile.shape[1], out.shape[0] - batch0)
-    for t in range(rows_in_chunk):
-        out_row = out[batch0 + t]
-        for r in range(row0, row1):
-            out_row[r] = tile[r - row0, t]
-
-
-@numba.njit(**_JIT)
-def _csr_rows(data, indices, indptr, xc, bias, out, row0, row1, batch0, tile):
-    """Output rows ``row0:row1`` of one batch chunk ``xc`` (K, chunk) of a CSR product."""
-    for block0 in range(row0, row1, ROW_BLOCK):
-        block1 = min(block0 + ROW_BLOCK, row1)
-        for r in range(block0, block1):
-            acc = tile[r - block0]
-            acc[:] = bias[r]
-            start = indptr[r]
-            end = indptr[r + 1]
-            _accumulate_row(data[start:end], indices[start:end], xc, acc)
-        _write_tile(tile, out, block0, block1, batch0)
-
-
-@numba.njit(**_JIT)
-def csr_spmm_serial(data, indices, indptr, xt, bias, out):
-    """``out (B, N) = X @ W.T + bias`` for CSR ``W`` and packed ``xt``; one thread."""
-    n_rows = indptr.size - 1
-    chunk = xt.shape[2]
-    tile = np.empty((ROW_BLOCK, chunk), dtype=np.float32)
-    for c in range(xt.shape[0]):
-        _csr_rows(data, indices, indptr, xt[c], bias, out, 0, n_rows, c * chunk, tile)
-
-
-@numba.njit(parallel=True, **_JIT)
-def csr_spmm_parallel(data, indices, indptr, xt, bias, out, row_splits):
-    """Parallel :func:`csr_spmm_serial`: one task per (batch chunk, row range of ``row_splits``)."""
-    chunk = xt.shape[2]
-    n_ranges = row_splits.size - 1
-    for task in prange(xt.shape[0] * n_ranges):
-        c = task // n_ranges
-        part = task % n_ranges
-        tile = np.empty((ROW_BLOCK, chunk), dtype=np.float32)
-        _csr_rows(data, indices, indptr, xt[c], bias, out,
-                  row_splits[part], row_splits[part + 1], c * chunk, tile)
-
-
-@numba.njit(**_JIT)
 def csr_spmv_serial(data, indices, indptr, x, bias, out):
     """``out (N,) = W @ x + bias`` for CSR ``W`` and a vector ``x`` (K,); one thread."""
     for r in range(indptr.size - 1):
@@ -195,12 +227,12 @@ def csr_spmv_parallel(data, indices, indptr, x, bias, out, row_splits):
 
 
 @numba.njit(**_JIT)
-def _nm_columns(group_offsets, n, m, cols):
-    """Absolute input columns of one N:M row: entry ``j`` lies in group ``j // n``."""
-    base = 0
+def _nm_columns(offsets, n, m, first_col, cols):
+    """Absolute columns of consecutive N:M entries that start a group at ``first_col``."""
+    base = first_col
     slot = 0
-    for j in range(group_offsets.size):
-        cols[j] = base + group_offsets[j]
+    for j in range(offsets.size):
+        cols[j] = base + offsets[j]
         slot += 1
         if slot == n:
             slot = 0
@@ -208,40 +240,46 @@ def _nm_columns(group_offsets, n, m, cols):
 
 
 @numba.njit(**_JIT)
-def _nm_rows(values, offsets, n, m, xc, bias, out, row0, row1, batch0, tile, cols):
-    """Output rows ``row0:row1`` of one batch chunk ``xc`` of an N:M product."""
+def _nm_rows(values, offsets, n, m, panel_entries, xc, bias, out, row0, row1, batch0, acc, cols):
+    """Output rows ``row0:row1`` of one batch chunk ``xc`` of an N:M product, panel by panel."""
+    width = values.shape[1]
     for block0 in range(row0, row1, ROW_BLOCK):
         block1 = min(block0 + ROW_BLOCK, row1)
         for r in range(block0, block1):
-            acc = tile[r - block0]
-            acc[:] = bias[r]
-            _nm_columns(offsets[r], n, m, cols)
-            _accumulate_row(values[r], cols, xc, acc)
-        _write_tile(tile, out, block0, block1, batch0)
+            acc[r - block0, :] = bias[r]
+        for e0 in range(0, width, panel_entries):
+            e1 = min(e0 + panel_entries, width)
+            panel_cols = cols[: e1 - e0]
+            for r in range(block0, block1):
+                _nm_columns(offsets[r, e0:e1], n, m, e0 // n * m, panel_cols)
+                accumulate_lanes(values[r, e0:e1], panel_cols, xc, acc[r - block0])
+        _write_block(acc, out, block0, block1, batch0)
 
 
 @numba.njit(**_JIT)
-def nm_spmm_serial(values, offsets, n, m, xt, bias, out):
-    """``out (B, N) = X @ W.T + bias`` for N:M packed ``W`` (values, in-group offsets); one thread."""
-    chunk = xt.shape[2]
-    tile = np.empty((ROW_BLOCK, chunk), dtype=np.float32)
-    cols = np.empty(values.shape[1], dtype=np.int32)
+def nm_spmm_serial(values, offsets, n, m, panel_entries, xt, bias, out):
+    """``out (B, N) = X @ W.T + bias`` for N:M packed ``W``; ``panel_entries`` per row panel."""
+    n_rows = values.shape[0]
+    acc = np.empty((min(ROW_BLOCK, n_rows), xt.shape[2]), dtype=np.float32)
+    cols = np.empty(panel_entries, dtype=np.int32)
     for c in range(xt.shape[0]):
-        _nm_rows(values, offsets, n, m, xt[c], bias, out, 0, values.shape[0], c * chunk, tile, cols)
+        _nm_rows(values, offsets, n, m, panel_entries, xt[c], bias, out, 0, n_rows,
+                 c * xt.shape[2], acc, cols)
 
 
 @numba.njit(parallel=True, **_JIT)
-def nm_spmm_parallel(values, offsets, n, m, xt, bias, out, row_splits):
+def nm_spmm_parallel(values, offsets, n, m, panel_entries, xt, bias, out, row_splits):
     """Parallel :func:`nm_spmm_serial`: one task per (batch chunk, row range of ``row_splits``)."""
     chunk = xt.shape[2]
     n_ranges = row_splits.size - 1
     for task in prange(xt.shape[0] * n_ranges):
         c = task // n_ranges
-        part = task % n_ranges
-        tile = np.empty((ROW_BLOCK, chunk), dtype=np.float32)
-        cols = np.empty(values.shape[1], dtype=np.int32)
-        _nm_rows(values, offsets, n, m, xt[c], bias, out,
-                 row_splits[part], row_splits[part + 1], c * chunk, tile, cols)
+        row0 = row_splits[task % n_ranges]
+        row1 = row_splits[task % n_ranges + 1]
+        acc = np.empty((min(ROW_BLOCK, row1 - row0), chunk), dtype=np.float32)
+        cols = np.empty(panel_entries, dtype=np.int32)
+        _nm_rows(values, offsets, n, m, panel_entries, xt[c], bias, out, row0, row1, c * chunk,
+                 acc, cols)
 
 
 @numba.njit(**_JIT)
@@ -249,7 +287,7 @@ def nm_spmv_serial(values, offsets, n, m, x, bias, out):
     """``out (N,) = W @ x + bias`` for N:M packed ``W`` and a vector ``x``; one thread."""
     cols = np.empty(values.shape[1], dtype=np.int32)
     for r in range(values.shape[0]):
-        _nm_columns(offsets[r], n, m, cols)
+        _nm_columns(offsets[r], n, m, 0, cols)
         out[r] = bias[r] + _dot_row(values[r], cols, x)
 
 
@@ -259,5 +297,5 @@ def nm_spmv_parallel(values, offsets, n, m, x, bias, out, row_splits):
     for part in prange(row_splits.size - 1):
         cols = np.empty(values.shape[1], dtype=np.int32)
         for r in range(row_splits[part], row_splits[part + 1]):
-            _nm_columns(offsets[r], n, m, cols)
+            _nm_columns(offsets[r], n, m, 0, cols)
             out[r] = bias[r] + _dot_row(values[r], cols, x)

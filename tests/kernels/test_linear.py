@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunescope.kernels import CSRMatrix, SparseLinear, sparse_linear
+from prunescope.kernels import CSRMatrix, SparseLinear, sparse_linear, spmm
 
 
 def reference(x: np.ndarray, weight: np.ndarray, mask: np.ndarray, bias) -> np.ndarray:
@@ -104,3 +104,18 @@ def test_csr_round_trip_and_handmade_csr(rng, assert_close):
     x = rng.standard_normal((4, 4)).astype(np.float32)
     out = sparse_linear(x, SparseLinear.from_csr(handmade))
     assert_close(out, x @ handmade.to_dense().T)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("batch", [3, 70])
+def test_many_column_panels_and_row_blocks(rng, random_masked, assert_close, monkeypatch, batch,
+                                           parallel):
+    """Small panels (as for a very wide layer) give the same result: 48 or fewer columns each."""
+    monkeypatch.setattr(spmm, "PANEL_BYTES", 4096)
+    weight, mask = random_masked(rng, (300, 500), 0.8)
+    mask[:, 100:200] = False  # whole panels without a nonzero in some rows
+    bias = rng.standard_normal(300).astype(np.float32)
+    x = rng.standard_normal((batch, 500)).astype(np.float32)
+    layer = SparseLinear.from_dense(weight, mask, bias)
+    out = sparse_linear(x, layer, parallel=parallel)
+    assert_close(out, reference(x, weight, mask, bias))

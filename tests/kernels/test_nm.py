@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunescope.kernels import NMLinear, NMPacked, nm_linear, pack_nm
+from prunescope.kernels import NMLinear, NMPacked, nm_linear, pack_nm, spmm
 
 
 def nm_magnitude_mask(weight: np.ndarray, n: int, m: int) -> np.ndarray:
@@ -86,3 +86,14 @@ def test_pack_nm_rejects_bad_patterns(rng):
         NMPacked(np.zeros((1, 2), np.float32), np.zeros((1, 2), np.int64), 2, 4, 4)
     with pytest.raises(ValueError, match="offset out of range"):
         NMPacked(np.zeros((1, 2), np.float32), np.full((1, 2), 4, np.uint8), 2, 4, 4)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 3), (3, 8)])
+def test_nm_many_column_panels(rng, assert_close, monkeypatch, n, m, parallel):
+    monkeypatch.setattr(spmm, "PANEL_BYTES", 4096)  # panels of a few groups each
+    weight = rng.standard_normal((140, 40 * m)).astype(np.float32)
+    mask = nm_magnitude_mask(weight, n, m)
+    x = rng.standard_normal((37, 40 * m)).astype(np.float32)
+    layer = NMLinear.from_dense(weight, mask, n, m)
+    assert_close(nm_linear(x, layer, parallel=parallel), x @ np.where(mask, weight, 0).T)
