@@ -4,6 +4,7 @@ and whole model, and say so when the result no longer matches the setting."""
 from __future__ import annotations
 
 import html
+import threading
 from typing import TYPE_CHECKING, Callable
 
 import panel as pn
@@ -12,6 +13,7 @@ from prunescope.explorer.app.backends import kernel_backends, warmup_for
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.speed_chart import SpeedChart
 from prunescope.explorer.pruning import METHODS
+from prunescope.explorer.sensitivity import Cancelled
 from prunescope.explorer.worker import LatestWorker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,7 +59,7 @@ class SpeedView(pn.viewable.Viewer):
         self.repeats = repeats
         self._worker = LatestWorker(name="prunescope-speed")
         self._explorer: Explorer | None = None
-        self._token: object | None = None  # identifies the measurement under way
+        self._token: threading.Event | None = None  # the cancel event of the measurement under way
         self.reports: dict[str, SpeedReport] = {}
 
         backends = kernel_backends()
@@ -65,7 +67,8 @@ class SpeedView(pn.viewable.Viewer):
         self.backend = pn.widgets.Select(label="Kernels", options=backends, value=backends[0], width=130)
         self.run_button = pn.widgets.Button(label="Measure speed", color="primary", width=150,
                                             margin=(24, 10, 10, 10))
-        self.progress = pn.indicators.Progress(value=-1, active=False, visible=False, width=160, margin=(36, 10))
+        self.cancel_button = pn.widgets.Button(label="Cancel", width=90, disabled=True, margin=(24, 10, 10, 0))
+        self.progress = pn.indicators.Progress(value=0, visible=False, width=160, margin=(36, 10))
         self.status = pn.pane.HTML("", margin=(30, 10, 10, 10), sizing_mode="stretch_width",
                                    styles={"font-size": "13px", "color": "#374151"})
         self.note = pn.pane.HTML(
@@ -75,10 +78,11 @@ class SpeedView(pn.viewable.Viewer):
         )
         self.chart = SpeedChart()
         self.run_button.on_click(lambda event: self.run())
+        self.cancel_button.on_click(lambda event: self.cancel())
         self.batch_size.param.watch(lambda event: self.mark(), "value")
         self.backend.param.watch(lambda event: self.mark(), "value")
         self._layout = pn.Column(
-            pn.Row(self.batch_size, self.backend, self.run_button, self.progress, self.status,
+            pn.Row(self.batch_size, self.backend, self.run_button, self.cancel_button, self.progress, self.status,
                    sizing_mode="stretch_width"),
             self.chart, self.note, sizing_mode="stretch_width",
         )
@@ -108,17 +112,22 @@ class SpeedView(pn.viewable.Viewer):
         spec, backend, batch_size, repeats = (explorer.state.spec(), self.backend.value, self.batch_size.value,
                                               self.repeats)
         warming = warmup_for(backend)
-        token = object()
+        token = threading.Event()
         self._token = token
         self.run_button.disabled = True
-        self.progress.param.update(visible=True, active=True)
+        self.cancel_button.disabled = False
+        self.progress.param.update(value=0, visible=True)
         waiting = " (the kernels are still compiling; measuring after)" if not warming.done() else ""
         self.status.object = (f"Measuring <b>{html.escape(describe_spec(spec))}</b>, batch {batch_size}, "
                               f"{backend}…{waiting}")
 
+        def progress(done: int, total: int) -> None:  # on the worker thread
+            self._dispatch(lambda: self._show_progress(token, done, total))
+
         def job() -> "SpeedReport":
             warming.result()  # re-raises a failed compile
-            return explorer.benchmark(batch_size=batch_size, backend=backend, repeats=repeats, spec=spec)
+            return explorer.benchmark(batch_size=batch_size, backend=backend, repeats=repeats, spec=spec,
+                                      progress=progress, cancel=token)
 
         if self._dispatch.in_kernel:  # background threads cannot update a notebook page
             try:
@@ -135,18 +144,32 @@ class SpeedView(pn.viewable.Viewer):
             on_error=lambda err: self._dispatch(lambda: self._failed(token, err)),
         )
 
+    def cancel(self) -> None:
+        """Stop the running measurement after the layer it is timing."""
+        if self._token is not None:
+            self._token.set()
+            self.cancel_button.disabled = True
+            self.status.object = "Cancelling…"
+
+    def _show_progress(self, token: threading.Event, done: int, total: int) -> None:
+        if self._token is token and not token.is_set():
+            self.progress.value = int(100 * done / total)
+
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until no measurement runs (tests and scripts)."""
         return self._worker.wait_idle(timeout)
 
     def close(self) -> None:
-        """Stop the worker thread after the running measurement (session ended)."""
+        """Stop the running measurement and the worker thread (session ended)."""
+        if self._token is not None:
+            self._token.set()
         self._worker.close()
 
     def _idle_controls(self) -> None:
         self._token = None
         self.run_button.disabled = False
-        self.progress.param.update(visible=False, active=False)
+        self.cancel_button.disabled = True
+        self.progress.visible = False
 
     def _finished(self, explorer: "Explorer", token: object, report: "SpeedReport") -> None:
         if self._token is not token:
@@ -162,6 +185,10 @@ class SpeedView(pn.viewable.Viewer):
         if self._token is not token:
             return
         self._idle_controls()
+        if isinstance(err, Cancelled):
+            self.status.object = "Cancelled."
+            self.mark()
+            return
         self.status.object = "The measurement failed (see the alert above)."
         self._on_error(err)
 

@@ -126,6 +126,33 @@ def test_a_failing_measurement_shows_an_alert(monkeypatch):
         _close(app)
 
 
+def test_cancel_stops_the_measurement_without_an_alert():
+    import threading
+
+    app = ExplorerApp(model="digits_mlp")
+    try:
+        release = threading.Event()
+        real = app.explorer.benchmark
+
+        def slow(**kwargs):  # hold the measurement until the test has pressed Cancel
+            release.wait(30)
+            return real(**kwargs)
+
+        app.explorer.benchmark = slow
+        app.speed.repeats = 1
+        app.speed.run()
+        assert app.speed.running and not app.speed.cancel_button.disabled
+        app.speed.cancel()
+        assert app.speed.status.object == "Cancelling…"
+        release.set()
+        assert app.speed.wait_idle(60)
+        assert app.speed.status.object == "Cancelled." and not app.alert.visible
+        assert not app.speed.running and app.speed.cancel_button.disabled
+        assert app.explorer.name not in app.speed.reports
+    finally:
+        _close(app)
+
+
 @pytest.mark.parametrize("spec, text", [
     (PruneSpec("lamp", 0.8), "LAMP 80 %"),
     (PruneSpec("nm", 0.5, n=2, m=4), "N:M semi-structured 2:4"),
