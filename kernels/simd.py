@@ -1,11 +1,12 @@
 """The register-blocked inner loop of every CPU product, as a Numba intrinsic.
 
-``row_fma_64(values, cols, xc, acc, lane0)`` and ``row_fma_16(...)`` compute::
+``row_fma_64(values, cols, xc, acc, lane0)``, ``row_fma_32`` and ``row_fma_16`` compute::
 
     acc[lane0 : lane0 + L] += sum_j values[j] * xc[cols[j], lane0 : lane0 + L]
 
-for ``L = 64`` (four 16-float vectors, one accumulator each) and ``L = 16`` (one vector, four
-partial sums over alternate nonzeros). The accumulators live in vector registers for the whole
+for ``L = 64`` (four 16-float vectors, one accumulator each), ``L = 32`` (two vectors, two
+partial sums over alternate nonzeros) and ``L = 16`` (one vector, four partial sums): at least
+four independent FMA chains, to hide the FMA latency. The accumulators live in vector registers for the whole
 loop over ``j`` and ``acc`` is read and written once. Written as plain Numba loops, LLVM keeps
 the accumulator in memory and re-checks aliasing for every nonzero, which measured 2-3x slower
 (docs/performance.md).
@@ -101,4 +102,5 @@ def _make_row_fma(vectors: int, partial_sums: int) -> Callable[..., Any]:
 
 
 row_fma_64 = _make_row_fma(vectors=4, partial_sums=1)
+row_fma_32 = _make_row_fma(vectors=2, partial_sums=2)
 row_fma_16 = _make_row_fma(vectors=1, partial_sums=4)

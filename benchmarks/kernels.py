@@ -1,0 +1,251 @@
+"""Benchmark the sparse kernels against dense torch, torch.sparse and scipy; print Markdown tables.
+
+    .venv/bin/python benchmarks/kernels.py            # full grid (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/kernels.py --quick    # a small subset (about a minute)
+
+Three tables: CSR linear (W (N, K) x batch x sparsity), 2:4 N:M linear, and sparse conv. Times
+are medians of an adaptive number of runs (at least 3, until about 0.3 s per method). Every row
+also gives the useful GFLOP/s (2 * nnz * batch / time) and the roofline efficiency
+``t_roof / t_ours`` with ``t_roof = max(FLOPs / peak, bytes / bandwidth)``; peak (a large dense
+float32 matmul in torch) and bandwidth (a parallel read or copy of 512 MB) are measured at start
+with the same number of threads as Numba uses. Numbers from a busy machine are noisy: the script
+prints how busy the CPUs were before it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable
+
+import numba
+import numpy as np
+import scipy.sparse
+import torch
+import torch.nn.functional as F
+
+from prunescope.kernels import (
+    NMLinear,
+    SparseConv2d,
+    SparseLinear,
+    nm_linear,
+    sparse_conv2d,
+    sparse_linear,
+    threading_layer,
+    warmup,
+)
+from prunescope.kernels import conv as conv_kernels
+
+MIN_REPEATS, MAX_REPEATS, TARGET_SECONDS = 3, 25, 0.3
+
+
+def median_ms(fn: Callable[[], Any]) -> float:
+    """Median wall time of ``fn`` in ms, after one untimed call, over an adaptive repeat count."""
+    fn()
+    times: list[float] = []
+    while len(times) < MIN_REPEATS or (sum(times) < TARGET_SECONDS and len(times) < MAX_REPEATS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy (any process) over ``seconds``, from /proc/stat (Linux)."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+        return sum(values), values[3] + values[4]
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except OSError:
+        return float("nan")
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def _parallel_sum(values: np.ndarray) -> float:
+    total = np.float32(0.0)
+    for i in numba.prange(values.size):
+        total += values[i]
+    return total
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _parallel_copy(source: np.ndarray, target: np.ndarray) -> None:
+    for i in numba.prange(source.size):
+        target[i] = source[i]
+
+
+def measure_machine() -> tuple[float, float]:
+    """(peak GFLOP/s of a 4096^3 float32 torch matmul, memory bandwidth GB/s).
+
+    The bandwidth is the better of a parallel read (sum) and a parallel copy (read + write
+    bytes) of a 512 MB array, well beyond the last-level cache.
+    """
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    peak = 2 * 4096**3 / (min(median_ms(lambda: a @ b) for _ in range(2)) * 1e-3) / 1e9
+    source = np.ones(1 << 27, dtype=np.float32)
+    target = np.empty_like(source)
+    read = source.nbytes / (median_ms(lambda: _parallel_sum(source)) * 1e-3) / 1e9
+    copy = 2 * source.nbytes / (median_ms(lambda: _parallel_copy(source, target)) * 1e-3) / 1e9
+    return peak, max(read, copy)
+
+
+def roofline_ms(flops: float, nbytes: float, peak: float, bandwidth: float) -> float:
+    """Lower bound on the time of a kernel: compute- or memory-bound, whichever is slower."""
+    return max(flops / (peak * 1e9), nbytes / (bandwidth * 1e9)) * 1e3
+
+
+def masked_weight(rng: np.random.Generator, rows: int, cols: int, sparsity: float) -> np.ndarray:
+    weight = rng.standard_normal((rows, cols)).astype(np.float32)
+    weight[rng.random((rows, cols)) < sparsity] = 0.0
+    return weight
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if value < 100 else f"{value:.0f}"
+
+
+def csr_table(shapes, batches, sparsities, peak, bandwidth, rng) -> list[str]:
+    lines = ["| N x K | batch | sparsity | dense torch ms | torch.sparse ms | scipy ms | ours ms "
+             "| x dense | x torch.sparse | x scipy | GFLOP/s | roofline |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for rows, cols in shapes:
+        for sparsity in sparsities:
+            weight = masked_weight(rng, rows, cols, sparsity)
+            layer = SparseLinear.from_dense(weight)
+            dense_t = torch.from_numpy(weight)
+            csr_t = dense_t.to_sparse_csr()
+            csr_s = scipy.sparse.csr_matrix(weight)
+            nnz = layer.nnz
+            for batch in batches:
+                x = rng.standard_normal((batch, cols)).astype(np.float32)
+                x_t = torch.from_numpy(x)
+                with torch.no_grad():
+                    dense = median_ms(lambda: F.linear(x_t, dense_t))
+                    tsparse = median_ms(lambda: torch.sparse.mm(csr_t, x_t.T))
+                scipy_ms = median_ms(lambda: csr_s @ x.T)
+                ours = median_ms(lambda: sparse_linear(x, layer))
+                flops = 2.0 * nnz * batch
+                nbytes = nnz * 8 + (rows + 1) * 4 + 4 * cols * batch + 4 * rows * batch
+                roof = roofline_ms(flops, nbytes, peak, bandwidth)
+                lines.append(
+                    f"| {rows} x {cols} | {batch} | {sparsity:.0%} | {fmt(dense)} | "
+                    f"{fmt(tsparse)} | {fmt(scipy_ms)} | {fmt(ours)} | {dense / ours:.2f} | "
+                    f"{tsparse / ours:.2f} | {scipy_ms / ours:.2f} | "
+                    f"{flops / ours / 1e6:.1f} | {roof / ours:.0%} |")
+                print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def nm_table(shapes, batches, peak, bandwidth, rng) -> list[str]:
+    lines = ["| N x K | batch | dense torch ms | ours 2:4 ms | ours CSR 50% ms | x dense (2:4) "
+             "| GFLOP/s (2:4) | roofline (2:4) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for rows, cols in shapes:
+        weight = np.random.default_rng(1).standard_normal((rows, cols)).astype(np.float32)
+        groups = np.abs(weight).reshape(rows, cols // 4, 4)
+        keep = np.argsort(-groups, axis=2)[:, :, :2]
+        mask = np.zeros_like(groups, dtype=bool)
+        np.put_along_axis(mask, keep, True, axis=2)
+        mask = mask.reshape(rows, cols)
+        nm_layer = NMLinear.from_dense(weight, mask, 2, 4)
+        csr_layer = SparseLinear.from_dense(weight, mask)
+        dense_t = torch.from_numpy(np.where(mask, weight, 0))
+        nnz = rows * cols // 2
+        for batch in batches:
+            x = rng.standard_normal((batch, cols)).astype(np.float32)
+            x_t = torch.from_numpy(x)
+            with torch.no_grad():
+                dense = median_ms(lambda: F.linear(x_t, dense_t))
+            ours = median_ms(lambda: nm_linear(x, nm_layer))
+            csr = median_ms(lambda: sparse_linear(x, csr_layer))
+            flops = 2.0 * nnz * batch
+            nbytes = nnz * 5 + 4 * cols * batch + 4 * rows * batch
+            roof = roofline_ms(flops, nbytes, peak, bandwidth)
+            lines.append(f"| {rows} x {cols} | {batch} | {fmt(dense)} | {fmt(ours)} | {fmt(csr)} | "
+                         f"{dense / ours:.2f} | {flops / ours / 1e6:.1f} | {roof / ours:.0%} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def conv_table(cases, sparsities, rng) -> list[str]:
+    lines = ["| batch, C_in -> C_out, H x W, 3x3 pad 1 | sparsity | dense torch ms | ours ms "
+             "| x dense | im2col 1 thread ms | direct 1 thread ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for batch, c_in, c_out, size in cases:
+        x = rng.standard_normal((batch, c_in, size, size)).astype(np.float32)
+        x_t = torch.from_numpy(x)
+        for sparsity in sparsities:
+            weight = masked_weight(rng, c_out, c_in * 9, sparsity).reshape(c_out, c_in, 3, 3)
+            layer = SparseConv2d.from_dense(weight, padding=1)
+            weight_t = torch.from_numpy(weight)
+            with torch.no_grad():
+                dense = median_ms(lambda: F.conv2d(x_t, weight_t, None, 1, 1))
+            ours = median_ms(lambda: sparse_conv2d(x, layer))
+            serial = median_ms(lambda: sparse_conv2d(x, layer, parallel=False))
+            w = layer.weight
+            out = np.empty((batch, c_out, size * size), np.float32)
+            direct = median_ms(lambda: conv_kernels.csr_conv2d_direct(
+                w.data, w.indices, w.indptr, x, layer.bias, out, layer.geometry(size)))
+            lines.append(f"| {batch}, {c_in} -> {c_out}, {size} x {size} | {sparsity:.0%} | "
+                         f"{fmt(dense)} | {fmt(ours)} | {dense / ours:.2f} | {fmt(serial)} | "
+                         f"{fmt(direct)} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the Markdown report to stdout (progress goes to stderr)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small subset of the grid")
+    parser.add_argument("--out", help="also write the Markdown report to this file")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+    threads = numba.get_num_threads()
+    torch.set_num_threads(threads)
+    busy = busy_fraction()
+    warmup(background=False).result()
+    peak, bandwidth = measure_machine()
+    rng = np.random.default_rng(0)
+    if args.quick:
+        shapes, batches, sparsities = [(1024, 1024), (4096, 4096)], [1, 32, 256], [0.9, 0.99]
+        nm_shapes, nm_batches = [(4096, 4096)], [1, 64, 256]
+        conv_cases, conv_sparsities = [(8, 64, 64, 32)], [0.9, 0.99]
+    else:
+        sizes = (256, 1024, 4096)
+        shapes = [(n, k) for n in sizes for k in sizes]
+        batches, sparsities = [1, 32, 256], [0.5, 0.8, 0.9, 0.95, 0.99]
+        nm_shapes, nm_batches = [(1024, 1024), (4096, 4096)], [1, 8, 32, 64, 128, 256]
+        conv_cases = [(8, 64, 64, 32), (32, 128, 128, 16), (1, 256, 256, 14)]
+        conv_sparsities = [0.5, 0.9, 0.95, 0.99]
+    header = [
+        f"Threads: {threads} (Numba threading layer {threading_layer()}, torch "
+        f"{torch.get_num_threads()}); CPU busy before start: {busy:.0%}; measured peak "
+        f"{peak:.0f} GFLOP/s (torch float32 matmul), bandwidth {bandwidth:.1f} GB/s (parallel "
+        f"read or copy of 512 MB); torch {torch.__version__}, numba {numba.__version__}, scipy "
+        f"{scipy.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')} "
+        f"(left as is: torch uses MKL). Times are medians in ms; x columns are baseline time / "
+        f"ours (> 1: ours faster).", ""]
+    report = header + ["### CSR linear: Y = X @ W.T", ""]
+    report += csr_table(shapes, batches, sparsities, peak, bandwidth, rng)
+    report += ["", "### 2:4 N:M linear", ""]
+    report += nm_table(nm_shapes, nm_batches, peak, bandwidth, rng)
+    report += ["", "### Sparse Conv2d (im2col + CSR)", ""]
+    report += conv_table(conv_cases, conv_sparsities, rng)
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
