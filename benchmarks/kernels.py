@@ -113,7 +113,8 @@ def fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if value < 100 else f"{value:.0f}"
 
 
-def csr_table(shapes, batches, sparsities, peak, bandwidth, rng) -> list[str]:
+def csr_table(shapes, batches, sparsities, peak, bandwidth, rng, results: list[dict]) -> list[str]:
+    """Markdown rows of the CSR table; each row's ratios are also appended to ``results``."""
     lines = ["| N x K | batch | sparsity | dense torch ms | torch.sparse ms | scipy ms | ours ms "
              "| x dense | x torch.sparse | x scipy | GFLOP/s | roofline |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -136,6 +137,8 @@ def csr_table(shapes, batches, sparsities, peak, bandwidth, rng) -> list[str]:
                 flops = 2.0 * nnz * batch
                 nbytes = nnz * 8 + (rows + 1) * 4 + 4 * cols * batch + 4 * rows * batch
                 roof = roofline_ms(flops, nbytes, peak, bandwidth)
+                results.append(dict(shape=f"{rows} x {cols}", batch=batch, sparsity=sparsity,
+                                    vs_dense=dense / ours, vs_torch_sparse=tsparse / ours))
                 lines.append(
                     f"| {rows} x {cols} | {batch} | {sparsity:.0%} | {fmt(dense)} | "
                     f"{fmt(tsparse)} | {fmt(scipy_ms)} | {fmt(ours)} | {dense / ours:.2f} | "
@@ -145,7 +148,8 @@ def csr_table(shapes, batches, sparsities, peak, bandwidth, rng) -> list[str]:
     return lines
 
 
-def nm_table(shapes, batches, peak, bandwidth, rng) -> list[str]:
+def nm_table(shapes, batches, peak, bandwidth, rng, results: list[dict]) -> list[str]:
+    """Markdown rows of the 2:4 table; each row's ratio is also appended to ``results``."""
     lines = ["| N x K | batch | dense torch ms | ours 2:4 ms | ours CSR 50% ms | x dense (2:4) "
              "| GFLOP/s (2:4) | roofline (2:4) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -170,6 +174,7 @@ def nm_table(shapes, batches, peak, bandwidth, rng) -> list[str]:
             flops = 2.0 * nnz * batch
             nbytes = nnz * 5 + 4 * cols * batch + 4 * rows * batch
             roof = roofline_ms(flops, nbytes, peak, bandwidth)
+            results.append(dict(shape=f"{rows} x {cols}", batch=batch, vs_dense=dense / ours))
             lines.append(f"| {rows} x {cols} | {batch} | {fmt(dense)} | {fmt(ours)} | {fmt(csr)} | "
                          f"{dense / ours:.2f} | {flops / ours / 1e6:.1f} | {roof / ours:.0%} |")
             print(lines[-1], file=sys.stderr, flush=True)
@@ -177,6 +182,7 @@ def nm_table(shapes, batches, peak, bandwidth, rng) -> list[str]:
 
 
 def conv_table(cases, sparsities, rng) -> list[str]:
+    """Markdown rows of the conv table (dispatched, and both single-thread variants)."""
     lines = ["| batch, C_in -> C_out, H x W, 3x3 pad 1 | sparsity | dense torch ms | ours ms "
              "| x dense | im2col 1 thread ms | direct 1 thread ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -199,6 +205,36 @@ def conv_table(cases, sparsities, rng) -> list[str]:
                          f"{fmt(dense)} | {fmt(ours)} | {dense / ours:.2f} | {fmt(serial)} | "
                          f"{fmt(direct)} |")
             print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def goal_summary(csr_results: list[dict], nm_results: list[dict]) -> list[str]:
+    """How many rows meet the performance goals, and which miss them."""
+    lines = []
+    wanted = [r for r in csr_results if r["sparsity"] >= 0.9 and r["batch"] >= 32]
+    if wanted:
+        def meets(r: dict) -> bool:
+            return r["vs_dense"] >= 3.0 and r["vs_torch_sparse"] >= 1.5
+
+        dense_ok = [r for r in wanted if r["vs_dense"] >= 3.0]
+        sparse_ok = [r for r in wanted if r["vs_torch_sparse"] >= 1.5]
+        both = [r for r in wanted if meets(r)]
+        lines += [f"- CSR, sparsity >= 90% and batch >= 32 ({len(wanted)} rows): >= 3x faster "
+                  f"than dense torch in {len(dense_ok)}, >= 1.5x faster than torch.sparse.mm in "
+                  f"{len(sparse_ok)}, both in {len(both)}."]
+        by_shape: dict[str, list[int]] = {}
+        for r in wanted:
+            counts = by_shape.setdefault(r["shape"], [0, 0])
+            counts[0] += 1
+            counts[1] += meets(r)
+        lines += ["  Both goals met, per shape: " + ", ".join(
+            f"{shape} {ok}/{total}" for shape, (total, ok) in by_shape.items()) + "."]
+    big = [r for r in nm_results if r["batch"] >= 64]
+    if big:
+        ok = [r for r in big if r["vs_dense"] >= 1.0]
+        lines += [f"- 2:4 at batch >= 64 ({len(big)} rows): not slower than dense torch in "
+                  f"{len(ok)}; ours / dense time between {1 / max(r['vs_dense'] for r in big):.2f}"
+                  f" and {1 / min(r['vs_dense'] for r in big):.2f}."]
     return lines
 
 
@@ -234,12 +270,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{scipy.__version__}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')} "
         f"(left as is: torch uses MKL). Times are medians in ms; x columns are baseline time / "
         f"ours (> 1: ours faster).", ""]
+    csr_results: list[dict] = []
+    nm_results: list[dict] = []
     report = header + ["### CSR linear: Y = X @ W.T", ""]
-    report += csr_table(shapes, batches, sparsities, peak, bandwidth, rng)
+    report += csr_table(shapes, batches, sparsities, peak, bandwidth, rng, csr_results)
     report += ["", "### 2:4 N:M linear", ""]
-    report += nm_table(nm_shapes, nm_batches, peak, bandwidth, rng)
+    report += nm_table(nm_shapes, nm_batches, peak, bandwidth, rng, nm_results)
     report += ["", "### Sparse Conv2d (im2col + CSR)", ""]
     report += conv_table(conv_cases, conv_sparsities, rng)
+    report += ["", "### Goals", ""] + goal_summary(csr_results, nm_results)
     text = "\n".join(report)
     print(text)
     if args.out:

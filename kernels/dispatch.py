@@ -187,26 +187,26 @@ def _nm_linear_cpu(x: np.ndarray, layer: NMLinear, parallel: bool | None) -> np.
     if out.size == 0:
         return out
     w = layer.weight
+    base = layer.group_base()
     use_threads = _use_parallel(w.values.size * batch, parallel)
     splits = layer.row_splits(TASKS_PER_THREAD * num_threads()) if use_threads else None
     if batch == 1:
         if use_threads:
             with parallel_section():
-                spmm.nm_spmv_parallel(w.values, w.offsets, w.n, w.m, x[0], layer.bias, out[0],
-                                      splits)
+                spmm.nm_spmv_parallel(w.values, w.offsets, base, x[0], layer.bias, out[0], splits)
         else:
-            spmm.nm_spmv_serial(w.values, w.offsets, w.n, w.m, x[0], layer.bias, out[0])
+            spmm.nm_spmv_serial(w.values, w.offsets, base, x[0], layer.bias, out[0])
         return out
     chunk = spmm.batch_chunk_width(batch)
     panel_entries = spmm.panel_columns(layer.in_features, chunk, w.m) // w.m * w.n
     if use_threads:
         with parallel_section():
             xt = spmm.pack_batch_chunks_parallel(x, chunk)
-            spmm.nm_spmm_parallel(w.values, w.offsets, w.n, w.m, panel_entries, xt, layer.bias,
-                                  out, splits)
+            spmm.nm_spmm_parallel(w.values, w.offsets, base, panel_entries, xt, layer.bias, out,
+                                  splits)
     else:
         xt = spmm.pack_batch_chunks(x, chunk)
-        spmm.nm_spmm_serial(w.values, w.offsets, w.n, w.m, panel_entries, xt, layer.bias, out)
+        spmm.nm_spmm_serial(w.values, w.offsets, base, panel_entries, xt, layer.bias, out)
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from prunescope.kernels.formats import CSRMatrix, NMPacked, masked_dense, pack_nm
-from prunescope.kernels.spmm import balanced_row_splits, csr_panel_bounds
+from prunescope.kernels.spmm import balanced_row_splits, csr_panel_bounds, nm_group_base
 from prunescope.kernels.validation import as_float32_array, check_finite, require
 
 
@@ -45,7 +45,14 @@ def _bias_vector(bias: object | None, size: int) -> np.ndarray:
 
 
 def _pair(value: object, name: str, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    """``value`` (an int or a pair of ints, each >= ``minimum``) as a pair of ints."""
+    if isinstance(value, (int, np.integer)):
+        pair: tuple = (value, value)
+    else:
+        try:
+            pair = tuple(value)
+        except TypeError:
+            pair = ()
     ok = len(pair) == 2 and all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair)
     require(ok, f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
     return int(pair[0]), int(pair[1])
@@ -143,6 +150,11 @@ class NMLinear:
     def out_features(self) -> int:
         """Outputs N."""
         return self.weight.values.shape[0]
+
+    def group_base(self) -> np.ndarray:
+        """First column of each entry's group, shared by all rows (memoised)."""
+        w = self.weight
+        return self._cache.get("group_base", lambda: nm_group_base(w.values.shape[1], w.n, w.m))
 
     def row_splits(self, parts: int) -> np.ndarray:
         """Equal row ranges for ``parts`` parallel tasks (every row holds as many entries)."""

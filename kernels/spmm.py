@@ -216,21 +216,25 @@ def csr_spmv_parallel(data, indices, indptr, x, bias, out, row_splits):
             out[r] = bias[r] + _dot_row(data[start:end], indices[start:end], x)
 
 
+def nm_group_base(width: int, n: int, m: int) -> np.ndarray:
+    """First column of the group of each N:M entry: ``(j // n) * m`` for ``j < width`` (int32).
+
+    One vector shared by all rows: entry ``j`` of any row sits at column
+    ``group_base[j] + offsets[row, j]``, an addition that vectorises.
+    """
+    return (np.arange(width, dtype=np.int64) // n * m).astype(np.int32)
+
+
 @numba.njit(**_JIT)
-def _nm_columns(offsets, n, m, first_col, cols):
-    """Absolute columns of consecutive N:M entries that start a group at ``first_col``."""
-    base = first_col
-    slot = 0
+def _nm_columns(offsets, group_base, cols):
+    """Absolute columns ``cols[j] = group_base[j] + offsets[j]`` of consecutive N:M entries."""
     for j in range(offsets.size):
-        cols[j] = base + offsets[j]
-        slot += 1
-        if slot == n:
-            slot = 0
-            base += m
+        cols[j] = group_base[j] + offsets[j]
 
 
 @numba.njit(**_JIT)
-def _nm_rows(values, offsets, n, m, panel_entries, xc, bias, out, row0, row1, batch0, acc, cols):
+def _nm_rows(values, offsets, group_base, panel_entries, xc, bias, out, row0, row1, batch0, acc,
+             cols):
     """Output rows ``row0:row1`` of one batch chunk ``xc`` of an N:M product, panel by panel."""
     width = values.shape[1]
     for block0 in range(row0, row1, ROW_BLOCK):
@@ -241,24 +245,24 @@ def _nm_rows(values, offsets, n, m, panel_entries, xc, bias, out, row0, row1, ba
             e1 = min(e0 + panel_entries, width)
             panel_cols = cols[: e1 - e0]
             for r in range(block0, block1):
-                _nm_columns(offsets[r, e0:e1], n, m, e0 // n * m, panel_cols)
+                _nm_columns(offsets[r, e0:e1], group_base[e0:e1], panel_cols)
                 accumulate_lanes(values[r, e0:e1], panel_cols, xc, acc[r - block0])
         _write_block(acc, out, block0, block1, batch0)
 
 
 @numba.njit(**_JIT)
-def nm_spmm_serial(values, offsets, n, m, panel_entries, xt, bias, out):
+def nm_spmm_serial(values, offsets, group_base, panel_entries, xt, bias, out):
     """``out (B, N) = X @ W.T + bias`` for N:M packed ``W``; ``panel_entries`` per row panel."""
     n_rows = values.shape[0]
     acc = np.empty((min(ROW_BLOCK, n_rows), xt.shape[2]), dtype=np.float32)
     cols = np.empty(panel_entries, dtype=np.int32)
     for c in range(xt.shape[0]):
-        _nm_rows(values, offsets, n, m, panel_entries, xt[c], bias, out, 0, n_rows,
+        _nm_rows(values, offsets, group_base, panel_entries, xt[c], bias, out, 0, n_rows,
                  c * xt.shape[2], acc, cols)
 
 
 @numba.njit(parallel=True, **_JIT)
-def nm_spmm_parallel(values, offsets, n, m, panel_entries, xt, bias, out, row_splits):
+def nm_spmm_parallel(values, offsets, group_base, panel_entries, xt, bias, out, row_splits):
     """Parallel :func:`nm_spmm_serial`: one task per (batch chunk, row range of ``row_splits``)."""
     chunk = xt.shape[2]
     n_ranges = row_splits.size - 1
@@ -268,24 +272,29 @@ def nm_spmm_parallel(values, offsets, n, m, panel_entries, xt, bias, out, row_sp
         row1 = row_splits[task % n_ranges + 1]
         acc = np.empty((min(ROW_BLOCK, row1 - row0), chunk), dtype=np.float32)
         cols = np.empty(panel_entries, dtype=np.int32)
-        _nm_rows(values, offsets, n, m, panel_entries, xt[c], bias, out, row0, row1, c * chunk,
-                 acc, cols)
+        _nm_rows(values, offsets, group_base, panel_entries, xt[c], bias, out, row0, row1,
+                 c * chunk, acc, cols)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _nm_dot_row(values, offsets, group_base, x):
+    """``sum_j values[j] * x[group_base[j] + offsets[j]]`` (vectorised with gathers)."""
+    total = np.float32(0.0)
+    for j in range(values.size):
+        total += values[j] * x[group_base[j] + offsets[j]]
+    return total
 
 
 @numba.njit(**_JIT)
-def nm_spmv_serial(values, offsets, n, m, x, bias, out):
+def nm_spmv_serial(values, offsets, group_base, x, bias, out):
     """``out (N,) = W @ x + bias`` for N:M packed ``W`` and a vector ``x``; one thread."""
-    cols = np.empty(values.shape[1], dtype=np.int32)
     for r in range(values.shape[0]):
-        _nm_columns(offsets[r], n, m, 0, cols)
-        out[r] = bias[r] + _dot_row(values[r], cols, x)
+        out[r] = bias[r] + _nm_dot_row(values[r], offsets[r], group_base, x)
 
 
 @numba.njit(parallel=True, **_JIT)
-def nm_spmv_parallel(values, offsets, n, m, x, bias, out, row_splits):
+def nm_spmv_parallel(values, offsets, group_base, x, bias, out, row_splits):
     """Parallel :func:`nm_spmv_serial` over the row ranges of ``row_splits``."""
     for part in prange(row_splits.size - 1):
-        cols = np.empty(values.shape[1], dtype=np.int32)
         for r in range(row_splits[part], row_splits[part + 1]):
-            _nm_columns(offsets[r], n, m, 0, cols)
-            out[r] = bias[r] + _dot_row(values[r], cols, x)
+            out[r] = bias[r] + _nm_dot_row(values[r], offsets[r], group_base, x)
