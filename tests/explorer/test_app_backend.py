@@ -15,19 +15,6 @@ from prunescope.explorer.app.backends import WARMUP_KEY, evaluation_backends, ke
 EXPLORER_DIR = Path(app_module.__file__).resolve().parents[1]
 
 
-def _close(app: ExplorerApp) -> None:
-    assert app.wait_idle() and app.sensitivity.wait_idle() and app.speed.wait_idle()
-    app.close()
-
-
-@pytest.fixture
-def app():
-    app = ExplorerApp(model="digits_mlp")
-    assert app.wait_idle()
-    yield app
-    _close(app)
-
-
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:.1f} %"
 

@@ -8,19 +8,6 @@ from prunescope.explorer.app import ExplorerApp
 from prunescope.explorer.pruning import METHODS
 
 
-def _close(app: ExplorerApp) -> None:
-    """Let background work finish before closing: no torch call may outlive the test session."""
-    assert app.wait_idle() and app.sensitivity.wait_idle()
-    app.close()
-
-
-@pytest.fixture
-def app():
-    app = ExplorerApp(model="digits_mlp")
-    yield app
-    _close(app)
-
-
 def test_method_select_lists_display_names(app):
     assert app.controls.method.options == {m.display_name: name for name, m in METHODS.items()}
 
@@ -113,15 +100,15 @@ def test_switching_model_builds_its_explorer_with_the_same_settings(app):
     assert app.explorer is mlp  # kept for the session
 
 
-def test_sessions_do_not_share_state():
+def test_sessions_do_not_share_state(close_app):
     first, second = ExplorerApp(), ExplorerApp()
     try:
         first.controls.sparsity.value = 0.9
         assert second.explorer is not first.explorer
         assert second.explorer.state.sparsity == 0.0 and second.controls.sparsity.value == 0.0
     finally:
-        _close(first)
-        _close(second)
+        close_app(first)
+        close_app(second)
 
 
 def test_unknown_model_is_rejected_with_the_known_ones():

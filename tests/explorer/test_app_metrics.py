@@ -7,20 +7,6 @@ import pytest
 from prunescope.explorer.app import ExplorerApp
 
 
-def _close(app: ExplorerApp) -> None:
-    """Let background work finish before closing: no torch call may outlive the test session."""
-    assert app.wait_idle() and app.sensitivity.wait_idle()
-    app.close()
-
-
-@pytest.fixture
-def app():
-    app = ExplorerApp(model="digits_mlp")
-    assert app.wait_idle()
-    yield app
-    _close(app)
-
-
 def test_cards_show_the_evaluation_of_the_current_state(app):
     app.explorer.prune("lamp", sparsity=0.8)
     assert app.wait_idle()

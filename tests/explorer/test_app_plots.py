@@ -10,17 +10,9 @@ from prunescope.explorer.app.palette import GLOBAL_BAR, HAND_BAR
 from prunescope.explorer.app.plots import GLOBAL_LABEL, HAND_LABEL
 
 
-def _close(app: ExplorerApp) -> None:
-    """Let background work finish before closing: no torch call may outlive the test session."""
-    assert app.wait_idle() and app.sensitivity.wait_idle()
-    app.close()
-
-
 @pytest.fixture
-def app():
-    app = ExplorerApp(model="digits_cnn")
-    yield app
-    _close(app)
+def app(make_app):
+    return make_app("digits_cnn")
 
 
 def test_bars_show_the_per_layer_cost_table(app):

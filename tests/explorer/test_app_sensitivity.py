@@ -21,14 +21,8 @@ def _wait(predicate, timeout: float = 20.0) -> bool:
     return predicate()
 
 
-def _close(app: ExplorerApp) -> None:
-    """Let background work finish before closing: no torch call may outlive the test session."""
-    assert app.wait_idle() and app.sensitivity.wait_idle()
-    app.close()
-
-
 @pytest.fixture(scope="module")
-def swept():
+def swept(close_app):
     """An MLP app whose sweep ran while the slider kept moving (live evaluation alongside)."""
     app = ExplorerApp(model="digits_mlp")
     view = app.sensitivity
@@ -40,7 +34,7 @@ def swept():
         assert app.wait_idle()
     assert view.wait_idle(120)
     yield app
-    _close(app)
+    close_app(app)
 
 
 def test_curves_are_the_measured_sweep(swept):
@@ -82,7 +76,7 @@ def test_current_setting_is_marked(swept):
     assert view.layer_marks.data["x"] == pytest.approx([100 * achieved[n] for n in swept.explorer.layers])
 
 
-def test_cancel_stops_the_sweep_and_reports_it():
+def test_cancel_stops_the_sweep_and_reports_it(close_app):
     app = ExplorerApp(model="digits_mlp")
     view = app.sensitivity
     try:
@@ -94,7 +88,7 @@ def test_cancel_stops_the_sweep_and_reports_it():
         assert "digits_mlp" not in view.results and view.method_source.data["xs"] == []
         assert not view.running and not view.run_button.disabled and not view.progress.visible
     finally:
-        _close(app)
+        close_app(app)
 
 
 def test_switching_model_cancels_the_sweep_and_redraws_kept_results(swept):
@@ -108,7 +102,7 @@ def test_switching_model_cancels_the_sweep_and_redraws_kept_results(swept):
     assert len(view.method_source.data["xs"]) == 7
 
 
-def test_a_failing_sweep_shows_an_alert(monkeypatch):
+def test_a_failing_sweep_shows_an_alert(close_app, monkeypatch):
     app = ExplorerApp(model="digits_mlp")
     try:
         def broken(**kwargs):
@@ -120,4 +114,4 @@ def test_a_failing_sweep_shows_an_alert(monkeypatch):
         assert app.alert.visible and "sweep broke (simulated)" in app.alert.object
         assert "failed" in app.sensitivity.status.object and not app.sensitivity.running
     finally:
-        _close(app)
+        close_app(app)

@@ -13,14 +13,8 @@ from prunescope.explorer.state import PruneSpec
 REPEATS = 3  # medians of a few runs: the tests check plumbing, never timings
 
 
-def _close(app: ExplorerApp) -> None:
-    """Let background work finish before closing: no torch call may outlive the test session."""
-    assert app.wait_idle() and app.sensitivity.wait_idle() and app.speed.wait_idle()
-    app.close()
-
-
 @pytest.fixture(scope="module")
-def measured():
+def measured(close_app):
     """An MLP app, LAMP 80 %, whose speed was measured at batch 32 on numba-cpu."""
     app = ExplorerApp(model="digits_mlp")
     app.speed.repeats = REPEATS
@@ -34,7 +28,7 @@ def measured():
     assert "Measuring" in view.status.object
     assert view.wait_idle(120)
     yield app
-    _close(app)
+    close_app(app)
 
 
 def test_chart_and_table_are_the_engine_report(measured):
@@ -110,7 +104,7 @@ def test_each_model_keeps_its_report(measured):
     assert "setting changed" not in view.status.object
 
 
-def test_a_failing_measurement_shows_an_alert(monkeypatch):
+def test_a_failing_measurement_shows_an_alert(close_app, monkeypatch):
     app = ExplorerApp(model="digits_mlp")
     try:
         def broken(**kwargs):
@@ -123,10 +117,10 @@ def test_a_failing_measurement_shows_an_alert(monkeypatch):
         assert "failed" in app.speed.status.object and not app.speed.running
         assert not app.speed.run_button.disabled
     finally:
-        _close(app)
+        close_app(app)
 
 
-def test_cancel_stops_the_measurement_without_an_alert():
+def test_cancel_stops_the_measurement_without_an_alert(close_app):
     import threading
 
     app = ExplorerApp(model="digits_mlp")
@@ -150,7 +144,7 @@ def test_cancel_stops_the_measurement_without_an_alert():
         assert not app.speed.running and app.speed.cancel_button.disabled
         assert app.explorer.name not in app.speed.reports
     finally:
-        _close(app)
+        close_app(app)
 
 
 @pytest.mark.parametrize("spec, text", [
@@ -164,7 +158,7 @@ def test_describe_spec(spec, text):
     assert describe_spec(spec) == text
 
 
-def test_inside_a_jupyter_kernel_the_measurement_runs_inline(monkeypatch):
+def test_inside_a_jupyter_kernel_the_measurement_runs_inline(close_app, monkeypatch):
     from prunescope.explorer.app.dispatch import SessionDispatcher
 
     monkeypatch.setattr(SessionDispatcher, "in_kernel", property(lambda self: True))
@@ -177,4 +171,4 @@ def test_inside_a_jupyter_kernel_the_measurement_runs_inline(monkeypatch):
         assert app.speed.chart.source.data["measured"] == pytest.approx(list(report.table["measured_speedup"]))
         assert not app.speed.running and "Magnitude (layer-wise) 50 %" in app.speed.status.object
     finally:
-        _close(app)
+        close_app(app)
