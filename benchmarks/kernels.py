@@ -8,8 +8,8 @@ are medians of an adaptive number of runs (at least 3, until about 0.3 s per met
 also gives the useful GFLOP/s (2 * nnz * batch / time) and the roofline efficiency
 ``t_roof / t_ours`` with ``t_roof = max(FLOPs / peak, bytes / bandwidth)``; peak (a large dense
 float32 matmul in torch) and bandwidth (a parallel read or copy of 512 MB) are measured at start
-with the same number of threads as Numba uses. Numbers from a busy machine are noisy: the script
-prints how busy the CPUs were before it started.
+with the same number of threads as Numba uses. Each row waits for a quiet machine, is retried
+while other processes used more than 10% of the CPUs during it, and reports that "other load".
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from prunescope.kernels import (
 from prunescope.kernels import conv as conv_kernels
 
 MIN_REPEATS, MAX_REPEATS, TARGET_SECONDS = 3, 25, 0.3
+MAX_FOREIGN_LOAD, ROW_ATTEMPTS, QUIET_WAIT_SECONDS = 0.1, 3, 30.0
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def median_ms(fn: Callable[[], Any]) -> float:
@@ -54,19 +56,48 @@ def median_ms(fn: Callable[[], Any]) -> float:
     return statistics.median(times) * 1e3
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(all, idle) CPU time of the machine in clock ticks, from /proc/stat (Linux)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
 def busy_fraction(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy (any process) over ``seconds``, from /proc/stat (Linux)."""
-    def snapshot() -> tuple[int, int]:
-        with open("/proc/stat") as stat:
-            values = [int(v) for v in stat.readline().split()[1:]]
-        return sum(values), values[3] + values[4]
+    """Fraction of all CPUs busy (any process) over ``seconds``; NaN where /proc is missing."""
     try:
-        total0, idle0 = snapshot()
+        total0, idle0 = _cpu_jiffies()
         time.sleep(seconds)
-        total1, idle1 = snapshot()
+        total1, idle1 = _cpu_jiffies()
     except OSError:
         return float("nan")
     return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def measure_row(timers: dict[str, Callable[[], Any]]) -> tuple[dict[str, float], float]:
+    """Median ms of each timer, measured while other processes leave the CPUs alone.
+
+    Waits (up to ``QUIET_WAIT_SECONDS``) for a quiet machine, measures, and computes the share
+    of the CPUs that *other* processes used meanwhile (all busy time minus this process's);
+    retries up to ``ROW_ATTEMPTS`` times while that share exceeds ``MAX_FOREIGN_LOAD``.
+    Returns the times and the foreign load of the kept attempt (NaN without /proc).
+    """
+    for _ in range(ROW_ATTEMPTS):
+        deadline = time.perf_counter() + QUIET_WAIT_SECONDS
+        while busy_fraction(0.2) > MAX_FOREIGN_LOAD and time.perf_counter() < deadline:
+            pass
+        try:
+            jiffies0, process0, wall0 = _cpu_jiffies(), sum(os.times()[:2]), time.perf_counter()
+        except OSError:
+            return {name: median_ms(fn) for name, fn in timers.items()}, float("nan")
+        times = {name: median_ms(fn) for name, fn in timers.items()}
+        jiffies1, process1, wall1 = _cpu_jiffies(), sum(os.times()[:2]), time.perf_counter()
+        machine_busy = ((jiffies1[0] - jiffies0[0]) - (jiffies1[1] - jiffies0[1])) / TICKS
+        capacity = (os.cpu_count() or 1) * (wall1 - wall0)
+        foreign = max(0.0, machine_busy - (process1 - process0)) / capacity
+        if foreign <= MAX_FOREIGN_LOAD:
+            break
+    return times, foreign
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=True)
@@ -116,8 +147,8 @@ def fmt(value: float, digits: int = 3) -> str:
 def csr_table(shapes, batches, sparsities, peak, bandwidth, rng, results: list[dict]) -> list[str]:
     """Markdown rows of the CSR table; each row's ratios are also appended to ``results``."""
     lines = ["| N x K | batch | sparsity | dense torch ms | torch.sparse ms | scipy ms | ours ms "
-             "| x dense | x torch.sparse | x scipy | GFLOP/s | roofline |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| x dense | x torch.sparse | x scipy | GFLOP/s | roofline | other load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rows, cols in shapes:
         for sparsity in sparsities:
             weight = masked_weight(rng, rows, cols, sparsity)
@@ -129,11 +160,13 @@ def csr_table(shapes, batches, sparsities, peak, bandwidth, rng, results: list[d
             for batch in batches:
                 x = rng.standard_normal((batch, cols)).astype(np.float32)
                 x_t = torch.from_numpy(x)
-                with torch.no_grad():
-                    dense = median_ms(lambda: F.linear(x_t, dense_t))
-                    tsparse = median_ms(lambda: torch.sparse.mm(csr_t, x_t.T))
-                scipy_ms = median_ms(lambda: csr_s @ x.T)
-                ours = median_ms(lambda: sparse_linear(x, layer))
+                times, load = measure_row({
+                    "dense": lambda: F.linear(x_t, dense_t),
+                    "tsparse": lambda: torch.sparse.mm(csr_t, x_t.T),
+                    "scipy": lambda: csr_s @ x.T,
+                    "ours": lambda: sparse_linear(x, layer)})
+                dense, tsparse, scipy_ms, ours = (times[k] for k in
+                                                  ("dense", "tsparse", "scipy", "ours"))
                 flops = 2.0 * nnz * batch
                 nbytes = nnz * 8 + (rows + 1) * 4 + 4 * cols * batch + 4 * rows * batch
                 roof = roofline_ms(flops, nbytes, peak, bandwidth)
@@ -143,7 +176,7 @@ def csr_table(shapes, batches, sparsities, peak, bandwidth, rng, results: list[d
                     f"| {rows} x {cols} | {batch} | {sparsity:.0%} | {fmt(dense)} | "
                     f"{fmt(tsparse)} | {fmt(scipy_ms)} | {fmt(ours)} | {dense / ours:.2f} | "
                     f"{tsparse / ours:.2f} | {scipy_ms / ours:.2f} | "
-                    f"{flops / ours / 1e6:.1f} | {roof / ours:.0%} |")
+                    f"{flops / ours / 1e6:.1f} | {roof / ours:.0%} | {load:.0%} |")
                 print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
@@ -151,8 +184,8 @@ def csr_table(shapes, batches, sparsities, peak, bandwidth, rng, results: list[d
 def nm_table(shapes, batches, peak, bandwidth, rng, results: list[dict]) -> list[str]:
     """Markdown rows of the 2:4 table; each row's ratio is also appended to ``results``."""
     lines = ["| N x K | batch | dense torch ms | ours 2:4 ms | ours CSR 50% ms | x dense (2:4) "
-             "| GFLOP/s (2:4) | roofline (2:4) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| GFLOP/s (2:4) | roofline (2:4) | other load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rows, cols in shapes:
         weight = np.random.default_rng(1).standard_normal((rows, cols)).astype(np.float32)
         groups = np.abs(weight).reshape(rows, cols // 4, 4)
@@ -167,16 +200,17 @@ def nm_table(shapes, batches, peak, bandwidth, rng, results: list[dict]) -> list
         for batch in batches:
             x = rng.standard_normal((batch, cols)).astype(np.float32)
             x_t = torch.from_numpy(x)
-            with torch.no_grad():
-                dense = median_ms(lambda: F.linear(x_t, dense_t))
-            ours = median_ms(lambda: nm_linear(x, nm_layer))
-            csr = median_ms(lambda: sparse_linear(x, csr_layer))
+            times, load = measure_row({"dense": lambda: F.linear(x_t, dense_t),
+                                       "ours": lambda: nm_linear(x, nm_layer),
+                                       "csr": lambda: sparse_linear(x, csr_layer)})
+            dense, ours, csr = times["dense"], times["ours"], times["csr"]
             flops = 2.0 * nnz * batch
             nbytes = nnz * 5 + 4 * cols * batch + 4 * rows * batch
             roof = roofline_ms(flops, nbytes, peak, bandwidth)
             results.append(dict(shape=f"{rows} x {cols}", batch=batch, vs_dense=dense / ours))
             lines.append(f"| {rows} x {cols} | {batch} | {fmt(dense)} | {fmt(ours)} | {fmt(csr)} | "
-                         f"{dense / ours:.2f} | {flops / ours / 1e6:.1f} | {roof / ours:.0%} |")
+                         f"{dense / ours:.2f} | {flops / ours / 1e6:.1f} | {roof / ours:.0%} | "
+                         f"{load:.0%} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
@@ -184,8 +218,8 @@ def nm_table(shapes, batches, peak, bandwidth, rng, results: list[dict]) -> list
 def conv_table(cases, sparsities, rng) -> list[str]:
     """Markdown rows of the conv table (dispatched, and both single-thread variants)."""
     lines = ["| batch, C_in -> C_out, H x W, 3x3 pad 1 | sparsity | dense torch ms | ours ms "
-             "| x dense | im2col 1 thread ms | direct 1 thread ms |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| x dense | im2col 1 thread ms | direct 1 thread ms | other load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for batch, c_in, c_out, size in cases:
         x = rng.standard_normal((batch, c_in, size, size)).astype(np.float32)
         x_t = torch.from_numpy(x)
@@ -193,17 +227,18 @@ def conv_table(cases, sparsities, rng) -> list[str]:
             weight = masked_weight(rng, c_out, c_in * 9, sparsity).reshape(c_out, c_in, 3, 3)
             layer = SparseConv2d.from_dense(weight, padding=1)
             weight_t = torch.from_numpy(weight)
-            with torch.no_grad():
-                dense = median_ms(lambda: F.conv2d(x_t, weight_t, None, 1, 1))
-            ours = median_ms(lambda: sparse_conv2d(x, layer))
-            serial = median_ms(lambda: sparse_conv2d(x, layer, parallel=False))
             w = layer.weight
             out = np.empty((batch, c_out, size * size), np.float32)
-            direct = median_ms(lambda: conv_kernels.csr_conv2d_direct(
-                w.data, w.indices, w.indptr, x, layer.bias, out, layer.geometry(size)))
+            times, load = measure_row({
+                "dense": lambda: F.conv2d(x_t, weight_t, None, 1, 1),
+                "ours": lambda: sparse_conv2d(x, layer),
+                "serial": lambda: sparse_conv2d(x, layer, parallel=False),
+                "direct": lambda: conv_kernels.csr_conv2d_direct(
+                    w.data, w.indices, w.indptr, x, layer.bias, out, layer.geometry(size))})
+            dense, ours, serial, direct = (times[k] for k in ("dense", "ours", "serial", "direct"))
             lines.append(f"| {batch}, {c_in} -> {c_out}, {size} x {size} | {sparsity:.0%} | "
                          f"{fmt(dense)} | {fmt(ours)} | {dense / ours:.2f} | {fmt(serial)} | "
-                         f"{fmt(direct)} |")
+                         f"{fmt(direct)} | {load:.0%} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return lines
 
@@ -247,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
     threads = numba.get_num_threads()
     torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
     busy = busy_fraction()
     warmup(background=False).result()
     peak, bandwidth = measure_machine()
