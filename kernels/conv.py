@@ -95,7 +95,8 @@ def _conv_chunk(data, indices, indptr, padded, bias, out_image, geometry, p0, p1
 
 
 @numba.njit(**_JIT)
-def csr_conv2d_serial(data, indices, indptr, x, bias, out, geometry, chunk):
+def csr_conv2d_serial(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, x: np.ndarray,
+                      bias: np.ndarray, out: np.ndarray, geometry: np.ndarray, chunk: int) -> None:
     """``out (B, C_out, P)`` = conv of ``x (B, C_in, H, W)`` with a CSR weight; one thread.
 
     ``geometry`` is the int64 array ``(kh, kw, sh, sw, ph, pw, dh, dw, out_w)`` and ``chunk``
@@ -116,7 +117,9 @@ def csr_conv2d_serial(data, indices, indptr, x, bias, out, geometry, chunk):
 
 
 @numba.njit(parallel=True, **_JIT)
-def csr_conv2d_parallel(data, indices, indptr, x, bias, out, geometry, chunk):
+def csr_conv2d_parallel(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                        x: np.ndarray, bias: np.ndarray, out: np.ndarray, geometry: np.ndarray,
+                        chunk: int) -> None:
     """Parallel :func:`csr_conv2d_serial`: pad all images, then one task per (image, chunk)."""
     batch, channels, height, width = x.shape
     ph = geometry[4]
@@ -137,7 +140,8 @@ def csr_conv2d_parallel(data, indices, indptr, x, bias, out, geometry, chunk):
 
 
 @numba.njit(**_JIT)
-def csr_conv2d_direct(data, indices, indptr, x, bias, out, geometry):
+def csr_conv2d_direct(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, x: np.ndarray,
+                      bias: np.ndarray, out: np.ndarray, geometry: np.ndarray) -> None:
     """Direct sparse convolution (measured against im2col; kept for the benchmark only).
 
     For each nonzero ``(co, ci, dy, dx)`` and output row, one shifted axpy along the row.

@@ -33,7 +33,7 @@ from numba import prange
 
 from prunescope.kernels.simd import LANES, row_fma_16, row_fma_32, row_fma_64
 
-ROW_BLOCK = 128  # output rows whose accumulators (ROW_BLOCK, chunk) are kept per panel pass
+ROW_BLOCK = 512  # output rows whose accumulators (ROW_BLOCK, chunk) are kept per panel pass
 MAX_CHUNK = 64  # batch rows per chunk (measured best among 32, 64, 128)
 PANEL_BYTES = 1 << 19  # one (panel_cols, chunk) slab of X^T stays in a core's L2 cache
 
@@ -127,7 +127,7 @@ def pack_batch_chunks_parallel(x: np.ndarray, chunk: int) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
-def accumulate_lanes(values, cols, xc, acc):
+def accumulate_lanes(values: np.ndarray, cols: np.ndarray, xc: np.ndarray, acc: np.ndarray) -> None:
     """``acc[:] += sum_j values[j] * xc[cols[j], :]``; ``acc.size`` a multiple of 16."""
     lane0 = 0
     while lane0 + 4 * LANES <= acc.size:
@@ -167,7 +167,8 @@ def _csr_rows(data, indices, bounds, xc, bias, out, row0, row1, batch0, acc):
 
 
 @numba.njit(**_JIT)
-def csr_spmm_serial(data, indices, bounds, xt, bias, out):
+def csr_spmm_serial(data: np.ndarray, indices: np.ndarray, bounds: np.ndarray, xt: np.ndarray,
+                    bias: np.ndarray, out: np.ndarray) -> None:
     """``out (B, N) = X @ W.T + bias`` for CSR ``W`` (panel ``bounds``) and packed ``xt``."""
     n_rows = bounds.shape[0]
     acc = np.empty((min(ROW_BLOCK, n_rows), xt.shape[2]), dtype=np.float32)
@@ -176,7 +177,8 @@ def csr_spmm_serial(data, indices, bounds, xt, bias, out):
 
 
 @numba.njit(parallel=True, **_JIT)
-def csr_spmm_parallel(data, indices, bounds, xt, bias, out, row_splits):
+def csr_spmm_parallel(data: np.ndarray, indices: np.ndarray, bounds: np.ndarray, xt: np.ndarray,
+                      bias: np.ndarray, out: np.ndarray, row_splits: np.ndarray) -> None:
     """Parallel :func:`csr_spmm_serial`: one task per (batch chunk, row range of ``row_splits``)."""
     chunk = xt.shape[2]
     n_ranges = row_splits.size - 1
@@ -198,7 +200,8 @@ def _dot_row(values, cols, x):
 
 
 @numba.njit(**_JIT)
-def csr_spmv_serial(data, indices, indptr, x, bias, out):
+def csr_spmv_serial(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, x: np.ndarray,
+                    bias: np.ndarray, out: np.ndarray) -> None:
     """``out (N,) = W @ x + bias`` for CSR ``W`` and a vector ``x`` (K,); one thread."""
     for r in range(indptr.size - 1):
         start = indptr[r]
@@ -207,7 +210,8 @@ def csr_spmv_serial(data, indices, indptr, x, bias, out):
 
 
 @numba.njit(parallel=True, **_JIT)
-def csr_spmv_parallel(data, indices, indptr, x, bias, out, row_splits):
+def csr_spmv_parallel(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, x: np.ndarray,
+                      bias: np.ndarray, out: np.ndarray, row_splits: np.ndarray) -> None:
     """Parallel :func:`csr_spmv_serial` over the row ranges of ``row_splits``."""
     for part in prange(row_splits.size - 1):
         for r in range(row_splits[part], row_splits[part + 1]):
@@ -251,7 +255,8 @@ def _nm_rows(values, offsets, group_base, panel_entries, xc, bias, out, row0, ro
 
 
 @numba.njit(**_JIT)
-def nm_spmm_serial(values, offsets, group_base, panel_entries, xt, bias, out):
+def nm_spmm_serial(values: np.ndarray, offsets: np.ndarray, group_base: np.ndarray,
+                   panel_entries: int, xt: np.ndarray, bias: np.ndarray, out: np.ndarray) -> None:
     """``out (B, N) = X @ W.T + bias`` for N:M packed ``W``; ``panel_entries`` per row panel."""
     n_rows = values.shape[0]
     acc = np.empty((min(ROW_BLOCK, n_rows), xt.shape[2]), dtype=np.float32)
@@ -262,7 +267,9 @@ def nm_spmm_serial(values, offsets, group_base, panel_entries, xt, bias, out):
 
 
 @numba.njit(parallel=True, **_JIT)
-def nm_spmm_parallel(values, offsets, group_base, panel_entries, xt, bias, out, row_splits):
+def nm_spmm_parallel(values: np.ndarray, offsets: np.ndarray, group_base: np.ndarray,
+                     panel_entries: int, xt: np.ndarray, bias: np.ndarray, out: np.ndarray,
+                     row_splits: np.ndarray) -> None:
     """Parallel :func:`nm_spmm_serial`: one task per (batch chunk, row range of ``row_splits``)."""
     chunk = xt.shape[2]
     n_ranges = row_splits.size - 1
@@ -286,14 +293,17 @@ def _nm_dot_row(values, offsets, group_base, x):
 
 
 @numba.njit(**_JIT)
-def nm_spmv_serial(values, offsets, group_base, x, bias, out):
+def nm_spmv_serial(values: np.ndarray, offsets: np.ndarray, group_base: np.ndarray, x: np.ndarray,
+                   bias: np.ndarray, out: np.ndarray) -> None:
     """``out (N,) = W @ x + bias`` for N:M packed ``W`` and a vector ``x``; one thread."""
     for r in range(values.shape[0]):
         out[r] = bias[r] + _nm_dot_row(values[r], offsets[r], group_base, x)
 
 
 @numba.njit(parallel=True, **_JIT)
-def nm_spmv_parallel(values, offsets, group_base, x, bias, out, row_splits):
+def nm_spmv_parallel(values: np.ndarray, offsets: np.ndarray, group_base: np.ndarray,
+                     x: np.ndarray, bias: np.ndarray, out: np.ndarray,
+                     row_splits: np.ndarray) -> None:
     """Parallel :func:`nm_spmv_serial` over the row ranges of ``row_splits``."""
     for part in prange(row_splits.size - 1):
         for r in range(row_splits[part], row_splits[part + 1]):
