@@ -110,12 +110,13 @@ def test_csr_round_trip_and_handmade_csr(rng, assert_close):
 @pytest.mark.parametrize("batch", [3, 70])
 def test_many_column_panels_and_row_blocks(rng, random_masked, assert_close, monkeypatch, batch,
                                            parallel):
-    """Small panels (as for a very wide layer) give the same result: 48 or fewer columns each."""
-    monkeypatch.setattr(spmm, "PANEL_BYTES", 4096)
-    weight, mask = random_masked(rng, (300, 500), 0.8)
-    mask[:, 100:200] = False  # whole panels without a nonzero in some rows
-    bias = rng.standard_normal(300).astype(np.float32)
-    x = rng.standard_normal((batch, 500)).astype(np.float32)
+    """Small panels (as for a very wide layer) and several row blocks give the same result."""
+    monkeypatch.setattr(spmm, "PANEL_BYTES", 4096)  # 64 or fewer columns per panel
+    rows = 2 * spmm.ROW_BLOCK + 37
+    weight, mask = random_masked(rng, (rows, 300), 0.8)
+    mask[:, 100:200] = False  # whole panels without a nonzero
+    bias = rng.standard_normal(rows).astype(np.float32)
+    x = rng.standard_normal((batch, 300)).astype(np.float32)
     layer = SparseLinear.from_dense(weight, mask, bias)
     out = sparse_linear(x, layer, parallel=parallel)
     assert_close(out, reference(x, weight, mask, bias))

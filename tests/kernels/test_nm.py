@@ -92,7 +92,7 @@ def test_pack_nm_rejects_bad_patterns(rng):
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 3), (3, 8)])
 def test_nm_many_column_panels(rng, assert_close, monkeypatch, n, m, parallel):
     monkeypatch.setattr(spmm, "PANEL_BYTES", 4096)  # panels of a few groups each
-    weight = rng.standard_normal((140, 40 * m)).astype(np.float32)
+    weight = rng.standard_normal((spmm.ROW_BLOCK + 40, 40 * m)).astype(np.float32)
     mask = nm_magnitude_mask(weight, n, m)
     x = rng.standard_normal((37, 40 * m)).astype(np.float32)
     layer = NMLinear.from_dense(weight, mask, n, m)
