@@ -138,12 +138,14 @@ def roofline_ms(flops: float, nbytes: float, peak: float, bandwidth: float) -> f
 
 
 def masked_weight(rng: np.random.Generator, rows: int, cols: int, sparsity: float) -> np.ndarray:
+    """A float32 normal weight with a fraction ``sparsity`` of entries zeroed at random."""
     weight = rng.standard_normal((rows, cols)).astype(np.float32)
     weight[rng.random((rows, cols)) < sparsity] = 0.0
     return weight
 
 
 def fmt(value: float, digits: int = 3) -> str:
+    """A time for the tables: 3 significant digits, no decimals from 100 on."""
     return f"{value:.{digits}g}" if value < 100 else f"{value:.0f}"
 
 

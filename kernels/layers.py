@@ -28,6 +28,7 @@ class _LayerCache:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The entry for ``key``, made by ``make()`` on first use."""
         with self.lock:
             if key not in self.entries:
                 self.entries[key] = make()

@@ -11,6 +11,10 @@ loop over ``j`` and ``acc`` is read and written once. Written as plain Numba loo
 the accumulator in memory and re-checks aliasing for every nonzero, which measured 2-3x slower
 (docs/performance.md).
 
+Numba's on-disk cache only watches the file of each cached function: after editing this module
+(or ``spmm.py``, whose ``accumulate_lanes`` ``conv.py`` calls), delete ``kernels/__pycache__``
+so that the kernels of the other modules are recompiled.
+
 Requirements (checked by the callers, never here): ``values`` float32 and ``cols`` int32 are 1-D
 contiguous of equal length with ``0 <= cols[j] < xc.shape[0]``; ``xc`` is 2-D float32 with
 contiguous rows; ``acc`` is 1-D contiguous float32; ``lane0 + L <= min(xc.shape[1], acc.size)``.
@@ -32,6 +36,7 @@ def _make_row_fma(vectors: int, partial_sums: int) -> Callable[..., Any]:
 
     @intrinsic
     def row_fma(typingctx, values, cols, xc, acc, lane0):
+        """Typing: the array layouts the kernels pass; codegen: the register-blocked loop."""
         expected = ((values, types.float32, 1), (cols, types.int32, 1), (xc, types.float32, 2),
                     (acc, types.float32, 1))
         for array, dtype, ndim in expected:

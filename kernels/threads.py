@@ -29,13 +29,14 @@ from typing import Iterator
 
 import numba
 
-_PARALLEL_LOCK = threading.Lock()  # process-wide by nature: Numba's thread pool is per process
+_PARALLEL_LOCK = threading.RLock()  # process-wide like Numba's thread pool; re-entrant, so
+# code that holds the section (say, around a UMAP fit) may call a parallel kernel inside it
 THREAD_SAFE_LAYERS = ("tbb", "omp")
 
 
 @contextmanager
 def parallel_section() -> Iterator[None]:
-    """Hold the process-wide lock under which every parallel kernel runs."""
+    """Hold the process-wide (re-entrant) lock under which every parallel kernel runs."""
     with _PARALLEL_LOCK:
         yield
 
