@@ -30,7 +30,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/models.py
 	$(BIN)/python benchmarks/kernels.py
+	$(BIN)/python benchmarks/app_startup.py
 
 weights: $(STAMP)  ## retrain the shipped sample-model weights (deterministic, CPU)
 	$(BIN)/python -m prunescope.sample_models.train --all
