@@ -8,6 +8,7 @@ calls :meth:`Controls.show` after every state change.
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 
 import panel as pn
@@ -95,7 +96,11 @@ class Controls:
                  label=f"{name} · set by hand" if name in state.layer_sparsity else name,
                  disabled=is_channel and name == last)
         if is_nm:
+            dense = [n for n in explorer.layers if explorer.masks[n].all()]
             note = f"Each layer is dense or {state.n}:{state.m} sparse."
+            if dense and not state.layer_sparsity:
+                note += (f" Input size not a multiple of {state.m}, kept dense: "
+                         f"{', '.join(html.escape(n) for n in dense)}.")
         elif is_channel:
             note = "Fraction of output channels removed; the last layer's outputs are the model's outputs and stay."
         else:

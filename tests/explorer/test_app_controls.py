@@ -114,3 +114,13 @@ def test_sessions_do_not_share_state(close_app):
 def test_unknown_model_is_rejected_with_the_known_ones():
     with pytest.raises(ValueError, match="digits_cnn"):
         ExplorerApp(model="resnet9000")
+
+
+def test_nm_note_names_the_layers_that_stay_dense(make_app):
+    app = make_app("digits_cnn")
+    app.explorer.prune("nm", n=2, m=4)
+    assert "kept dense: conv1." in app.controls.layer_note.object  # 1 x 3 x 3 = 9 inputs
+    app.explorer.prune("nm", n=1, m=8)
+    assert "kept dense: conv1." in app.controls.layer_note.object
+    app.explorer.prune("lamp", sparsity=0.5)
+    assert "dense" not in app.controls.layer_note.object
