@@ -115,3 +115,18 @@ def test_a_failing_sweep_shows_an_alert(close_app, monkeypatch):
         assert "failed" in app.sensitivity.status.object and not app.sensitivity.running
     finally:
         close_app(app)
+
+
+def test_inside_a_jupyter_kernel_the_sweep_runs_inline(close_app, monkeypatch):
+    from prunescope.explorer.app.dispatch import SessionDispatcher
+
+    monkeypatch.setattr(SessionDispatcher, "in_kernel", property(lambda self: True))
+    app = ExplorerApp(model="digits_mlp")
+    try:
+        app.sensitivity.run()  # returns with the curves drawn: no thread may update a notebook page
+        assert not app.sensitivity.running and "digits_mlp" in app.sensitivity.results
+        result = app.sensitivity.results["digits_mlp"]
+        evaluations = len(result.by_method) + len(result.by_layer)
+        assert app.sensitivity.status.object == f"Measured: {evaluations} evaluations on the test split."
+    finally:
+        close_app(app)
