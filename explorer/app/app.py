@@ -238,17 +238,10 @@ class ExplorerApp(pn.viewable.Viewer):
                 warming.result()  # re-raises a failed compile, shown in the alert
             return explorer.dense_metrics(), explorer.evaluate(backend=backend, spec=spec)
 
-        if self._dispatch.in_kernel:  # background threads cannot update a notebook page
-            try:
-                self._show_evaluation(key, explorer, *job())
-            except Exception as err:  # noqa: BLE001 - shown as an alert like any engine error
-                self._evaluation_failed(key, err)
-            return
-
-        self._worker.submit(
-            job,
-            on_done=lambda result: self._dispatch(lambda: self._show_evaluation(key, explorer, *result)),
-            on_error=lambda err: self._dispatch(lambda: self._evaluation_failed(key, err)),
+        self._dispatch.submit(
+            self._worker, job,
+            on_done=lambda result: self._show_evaluation(key, explorer, *result),
+            on_error=lambda err: self._evaluation_failed(key, err),
         )
 
     def _show_evaluation(self, key: tuple[int, "PruneSpec", str], explorer: "Explorer",

@@ -20,10 +20,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
 from panel.io.state import set_curdoc
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunescope.explorer.worker import LatestWorker
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,21 @@ class SessionDispatcher:
                 pn.state.execute(update, schedule=True)
         except Exception:  # noqa: BLE001 - the session may be going away under us
             log.debug("dropped an update for a closing session", exc_info=True)
+
+    def submit(self, worker: "LatestWorker", job: Callable[[], Any], on_done: Callable[[Any], None],
+               on_error: Callable[[BaseException], None]) -> None:
+        """Run ``job`` on ``worker``; its result or error reaches ``on_done`` / ``on_error`` on the
+        session's loop. Inside a Jupyter kernel, where threads cannot update the page, run it inline."""
+        if self.in_kernel:
+            try:
+                result = job()
+            except Exception as err:  # noqa: BLE001 - handed to the view, like any engine error
+                on_error(err)
+            else:
+                on_done(result)
+            return
+        worker.submit(job, on_done=lambda result: self(lambda: on_done(result)),
+                      on_error=lambda err: self(lambda: on_error(err)))
 
     def on_destroyed(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the browser session ends (nothing is registered when not served)."""

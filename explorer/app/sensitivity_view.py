@@ -153,19 +153,10 @@ class SensitivityView(pn.viewable.Viewer):
         def job() -> "SensitivityResult":
             return explorer.sensitivity(progress=progress, cancel=cancel)
 
-        if self._dispatch.in_kernel:  # background threads cannot update a notebook page
-            try:
-                result = job()
-            except Exception as err:  # noqa: BLE001 - shown as an alert like any engine error
-                self._failed(cancel, err)
-            else:
-                self._finished(explorer, cancel, result)
-            return
-
-        self._worker.submit(
-            job,
-            on_done=lambda result: self._dispatch(lambda: self._finished(explorer, cancel, result)),
-            on_error=lambda err: self._dispatch(lambda: self._failed(cancel, err)),
+        self._dispatch.submit(
+            self._worker, job,
+            on_done=lambda result: self._finished(explorer, cancel, result),
+            on_error=lambda err: self._failed(cancel, err),
         )
 
     def cancel(self) -> None:

@@ -129,19 +129,10 @@ class SpeedView(pn.viewable.Viewer):
             return explorer.benchmark(batch_size=batch_size, backend=backend, repeats=repeats, spec=spec,
                                       progress=progress, cancel=token)
 
-        if self._dispatch.in_kernel:  # background threads cannot update a notebook page
-            try:
-                report = job()
-            except Exception as err:  # noqa: BLE001 - shown as an alert like any engine error
-                self._failed(token, err)
-            else:
-                self._finished(explorer, token, report)
-            return
-
-        self._worker.submit(
-            job,
-            on_done=lambda report: self._dispatch(lambda: self._finished(explorer, token, report)),
-            on_error=lambda err: self._dispatch(lambda: self._failed(token, err)),
+        self._dispatch.submit(
+            self._worker, job,
+            on_done=lambda report: self._finished(explorer, token, report),
+            on_error=lambda err: self._failed(token, err),
         )
 
     def cancel(self) -> None:
