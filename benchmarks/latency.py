@@ -49,14 +49,11 @@ def method_latencies(ex: Explorer, method: str, settings: int, rng: np.random.Ge
             ex.set_layer_sparsity(layer, 0.0 if method == "nm" else float(rng.uniform(0, 0.99)))
         ex.evaluate()
 
-    ex._scores.clear()
-    ex._masks.clear()
-    ex._metrics.clear()
+    ex.clear_caches()
     first = _time(lambda: setting(0))
     times = []
     for i in range(settings):
-        ex._masks.clear()
-        ex._metrics.clear()
+        ex.clear_caches(scores=False)  # scores are computed once per method, as in the app
         times.append(_time(lambda: setting(i)))
     return first, times
 

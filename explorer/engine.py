@@ -218,6 +218,8 @@ class Explorer:
         spec = replace(spec, sparsity=check_sparsity(current.sparsity if sparsity is None else sparsity))
         if spec.norm not in ("l1", "l2"):
             raise ValueError(f"norm must be 'l1' or 'l2', got {spec.norm!r}")
+        if not isinstance(spec.skip_first_last, bool):
+            raise ValueError(f"skip_first_last must be True or False, got {spec.skip_first_last!r}")
         if not isinstance(spec.seed, int) or spec.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {spec.seed!r}")
         self.masks_for(spec)  # validates against the model before anything changes
@@ -369,8 +371,16 @@ class Explorer:
         return benchmark(self, spec or self.state.spec(), backend, batch_size, repeats, **kwargs)
 
     def dense_metrics(self) -> Metrics:
-        """Metrics of the unpruned model (the reference shown beside every number)."""
-        return self.evaluate(spec=PruneSpec(method="magnitude", sparsity=0.0))
+        """Metrics of the unpruned model through dense torch (the reference shown beside every number)."""
+        return self.evaluate(backend="torch", spec=PruneSpec(method="magnitude", sparsity=0.0))
+
+    def clear_caches(self, scores: bool = True) -> None:
+        """Forget memoised masks, metrics, sparse models and (if ``scores``) criterion scores,
+        so that benchmarks time cold work."""
+        memos = (self._masks, self._metrics, self._sparse_models) + ((self._scores,) if scores else ())
+        for memo in memos:
+            with memo.lock:
+                memo.clear()
 
     def sensitivity(self, **kwargs: Any):
         """Measured accuracy vs sparsity per method and per layer; see :func:`sensitivity_analysis`."""

@@ -219,3 +219,13 @@ def test_layer_settings_are_in_set_layer_sparsity_units():
     assert ex.layer_settings()["fc1"] == 0.25
     ex.prune("global_magnitude", sparsity=0.8)
     assert ex.layer_settings() == ex.layer_sparsities()
+
+
+def test_clear_caches_recomputes_the_same_results():
+    ex = Explorer.from_sample("digits_mlp").prune("lamp", sparsity=0.9)
+    first = ex.evaluate()
+    ex.clear_caches()
+    again = ex.evaluate()
+    assert again is not first and again.accuracy == first.accuracy
+    with pytest.raises(ValueError, match="skip_first_last must be True or False, got 'yes'"):
+        ex.prune("lamp", sparsity=0.5, skip_first_last="yes")

@@ -112,7 +112,7 @@ def test_two_sessions_run_the_kernels_at_once():
             for _ in range(3):
                 for m, s in settings:
                     ex = sessions[i]
-                    ex._metrics.clear()
+                    ex.clear_caches(scores=False)
                     ex.sparse_model(PruneSpec(method=m, sparsity=s))  # built concurrently too
                     results[(i, s)] = ex.evaluate(backend="numba-cpu", spec=PruneSpec(method=m, sparsity=s)).accuracy
         except Exception as err:  # pragma: no cover - reported below
