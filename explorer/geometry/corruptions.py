@@ -66,14 +66,23 @@ def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
-def _occlude(images: torch.Tensor, fraction: float, generator: torch.Generator, fill: float) -> torch.Tensor:
-    """Fill a square of side ``fraction`` of the image around a seeded random centre per image."""
+def _occlude(images: torch.Tensor, level: int, generator: torch.Generator, fill: float) -> torch.Tensor:
+    """Fill a square of side ``_OCCLUSION[level]`` of the image around a seeded random centre per
+    image. Centres are drawn where the largest square fits, so every square lies fully inside and
+    the squares of one seed are nested across severities."""
     b, _, h, w = images.shape
-    centres = torch.rand(b, 2, generator=generator)  # the same centres for every severity
-    side_h, side_w = max(1, math.ceil(fraction * h - 1e-9)), max(1, math.ceil(fraction * w - 1e-9))
+
+    def side(fraction: float, size: int) -> int:
+        return max(1, math.ceil(fraction * size - 1e-9))
+
+    largest_h, largest_w = side(_OCCLUSION[-1], h), side(_OCCLUSION[-1], w)
+    side_h, side_w = side(_OCCLUSION[level], h), side(_OCCLUSION[level], w)
+    u = torch.rand(b, 2, generator=generator)  # the same centres for every severity
+    centre_h = largest_h / 2 + u[:, 0] * (h - largest_h)
+    centre_w = largest_w / 2 + u[:, 1] * (w - largest_w)
     # floor(x + 1/2) rounds monotonically and commutes with integer shifts: squares stay nested
-    top = torch.floor(centres[:, 0] * h - side_h / 2 + 0.5).long()
-    left = torch.floor(centres[:, 1] * w - side_w / 2 + 0.5).long()
+    top = torch.floor(centre_h - side_h / 2 + 0.5).long()
+    left = torch.floor(centre_w - side_w / 2 + 0.5).long()
     rows = torch.arange(h).view(1, h, 1)
     cols = torch.arange(w).view(1, 1, w)
     inside = ((rows >= top.view(b, 1, 1)) & (rows < (top + side_h).view(b, 1, 1))
@@ -114,5 +123,5 @@ def corrupt(
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
         out = (images - mean) * _CONTRAST[level] + mean
     else:
-        out = _occlude(images, _OCCLUSION[level], generator, low)
+        out = _occlude(images, level, generator, low)
     return out.clamp(low, high).to(inputs.dtype).reshape(inputs.shape)
