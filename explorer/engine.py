@@ -1,87 +1,37 @@
-"""The Explorer facade: one model, its evaluation data, the session state and memoised results."""
+"""The Explorer facade: one model, its data, the session state, byte-bounded caches and thin
+methods over the functional core (:mod:`prunescope.explorer.core`)."""
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import hashlib
 import threading
-from collections import OrderedDict
+import time
 from dataclasses import replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from prunescope.explorer.layers import ModelProfile, default_prunable_layers, profile_model
-from prunescope.explorer.metrics import Cost, Metrics, cost_of
-from prunescope.explorer.pruning import (
-    METHODS,
-    Masks,
-    Ranking,
-    ScoreContext,
-    check_nm,
-    check_sparsity,
-    get_method,
-)
-from prunescope.explorer.state import BACKENDS, PruneSpec, PruningState
-
-_OPTIONS = {"nm": {"n", "m"}, "channel": {"norm"}}
-_COMMON_OPTIONS = {"seed", "skip_first_last"}
+from prunescope.explorer.core.cache import DEFAULT_CACHE_BYTES, ByteLRU
+from prunescope.explorer.core.cost import Cost, Metrics, cost_of
+from prunescope.explorer.core.data import as_tensors
+from prunescope.explorer.core.forward import ForwardResult, eval_mode, forward, masked_params
+from prunescope.explorer.core.setting import DENSE, Setting, TokenSetting, WeightSetting
+from prunescope.explorer.core.task import Task, mean_interval, stratified_order
+from prunescope.explorer.core.weights import ModelProfile, cast_inputs, model_dtype, profile_model, resolve_weight_names
+from prunescope.explorer.pruning import METHODS, Masks, Ranking, ScoreContext, check_sparsity, get_method
+from prunescope.explorer.state import BACKENDS, PruningState
 
 
-class _LRU(OrderedDict):
-    """A tiny thread-safe memo: ``get_or(key, compute)``."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.lock = threading.RLock()
-
-    def get_or(self, key: Any, compute: Callable[[], Any]) -> Any:
-        with self.lock:
-            if key in self:
-                self.move_to_end(key)
-                return self[key]
-        value = compute()
-        with self.lock:
-            self[key] = value
-            while len(self) > self.size:
-                self.popitem(last=False)
-        return value
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _as_eval_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, labels)`` tensors from a pair of tensors/arrays or an iterable of batches."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
-        inputs, labels = data
-    elif isinstance(data, Iterable):
-        batches = list(data)
-        if not batches or any(len(b) != 2 for b in batches):
-            raise ValueError("data must be (inputs, labels) or an iterable of (inputs, labels) batches")
-        inputs = torch.cat([torch.as_tensor(b[0]) for b in batches])
-        labels = torch.cat([torch.as_tensor(b[1]) for b in batches])
-    else:
-        raise ValueError(f"data must be (inputs, labels) or a DataLoader, got {type(data).__name__}")
-    inputs, labels = torch.as_tensor(inputs), torch.as_tensor(labels)
-    if not inputs.is_floating_point():
-        inputs = inputs.float()
-    if labels.dim() != 1 or labels.is_floating_point():
-        raise ValueError(f"labels must be a 1-D integer tensor of class indices, got {labels.dtype} {tuple(labels.shape)}")
-    if len(inputs) != len(labels) or len(labels) == 0:
-        raise ValueError(f"inputs and labels must have the same non-zero length, got {len(inputs)} and {len(labels)}")
-    return inputs, labels.long()
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode for the duration, restoring every submodule's own training flag after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags:
-            module.training = flag
+def _setting_seed(setting: Setting) -> int:
+    """A stable 32-bit seed derived from a setting (the same in every process)."""
+    return int.from_bytes(hashlib.sha256(repr(setting).encode()).digest()[:4], "little")
 
 
 class Explorer:
@@ -96,73 +46,87 @@ class Explorer:
         model: nn.Module,
         data: Any,
         *,
-        layers: list[str] | None = None,
+        weights: Sequence[str] | None = None,
+        layers: Sequence[str] | None = None,
         calibration_data: Any = None,
+        train_data: Any = None,
         name: str | None = None,
         batch_size: int = 2048,
+        device: str | torch.device | None = None,
+        loss_fn: Callable | None = None,
+        metric_fn: Callable | None = None,
+        task: Task | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if weights is not None and layers is not None:
+            raise ValueError("give either weights= or layers= (module names), not both")
+        self.device = torch.device(device) if device is not None else default_device()
         self._model = model
+        # The user's module is never changed: a copy runs where it is not on the chosen device.
+        here = next(model.parameters(), torch.empty(0)).device
+        self._run_model = model if here == self.device else copy.deepcopy(model).to(self.device)
         self.name = name or type(model).__name__
         #: The :class:`~prunescope.sample_models.SampleModel` this explorer was built from, if any.
         self.sample = None
-        self._inputs, self._labels = _as_eval_tensors(data)
-        self._calibration = _as_eval_tensors(calibration_data) if calibration_data is not None else None
-        self.batch_size = batch_size
-        known = default_prunable_layers(model)
-        chosen = list(layers) if layers is not None else known
-        unknown = [n for n in chosen if n not in known]
-        if unknown or not chosen:
-            raise ValueError(f"prunable layers must be Linear/Conv modules of the model; got {unknown or chosen}, known: {known}")
-        self._profile = self._check_and_profile(chosen)
-        modules = dict(model.named_modules())
-        # Snapshot of the dense weights: results stay consistent even if the caller trains the model on.
-        self._weights = {n: modules[n].weight.detach().clone() for n in self.layers}
+        self.dtype = model_dtype(model)
+        self.task = task or Task.custom(loss_fn, metric_fn)
+        self._inputs, self._labels = self._prepare(data, "data")
+        self._calibration = self._prepare(calibration_data, "calibration_data") if calibration_data is not None else None
+        self.train_data = self._prepare(train_data, "train_data") if train_data is not None else None
+        self.batch_size = int(batch_size)
+        names = resolve_weight_names(model, weights if weights is not None else layers)
+        self._profile = self._check_and_profile(names)
+        params = dict(self._run_model.named_parameters())
+        # Snapshot of the dense weights: results stay consistent if the caller trains the model on.
+        self._weights = {n: params[n].detach().clone() for n in self.weights}
         self._params_total = sum(p.numel() for p in model.parameters())
         self.state = PruningState(name=f"state-{self.name}")
-        self._scores = _LRU(16)
-        self._masks = _LRU(256)
-        self._metrics = _LRU(256)
-        self._sensitivity = _LRU(8)
-        self._sparse_models = _LRU(4)
+        self._cache = ByteLRU(cache_bytes)
+        self._free_sparsity = 0.0
+        self._seconds_per_sample: float | None = None
         # functional_call swaps the module's parameters for the duration of a call: one forward at
-        # a time per explorer (the app's evaluation and sensitivity workers share the model).
+        # a time per explorer (the app's workers share the model).
         self._forward_lock = threading.RLock()
+
+    def _prepare(self, data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = as_tensors(data, what)
+        inputs = cast_inputs(inputs, self.dtype, f"{what} inputs").to(self.device)
+        if self.task.classification:
+            if labels.is_floating_point() or labels.dim() != 1:
+                raise ValueError(f"{what} labels must be a 1-D integer tensor of class indices for classification, "
+                                 f"got {labels.dtype} {tuple(labels.shape)}; pass loss_fn/metric_fn for other tasks")
+            labels = labels.long()
+        return inputs, labels.to(self.device)
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
-    def from_sample(cls, name: str, checkpoint: str = "trained") -> "Explorer":
+    def from_sample(cls, name: str, checkpoint: str = "trained", **kwargs: Any) -> "Explorer":
         """An explorer on a built-in model (see ``list_sample_models()``) and its test split."""
         from prunescope.sample_models import get_sample_model
 
         spec = get_sample_model(name)
-        ex = cls(
-            spec.load(checkpoint),
-            data=spec.data("test"),
-            layers=list(spec.prunable_layers),
-            calibration_data=spec.data("train"),
-            name=name,
-        )
+        weights = getattr(spec, "prunable_weights", None) or [f"{n}.weight" for n in spec.prunable_layers]
+        ex = cls(spec.load(checkpoint), data=spec.data("test"), weights=list(weights),
+                 calibration_data=spec.data("train"), train_data=spec.data("train"), name=name, **kwargs)
         ex.sample = spec
         return ex
 
-    def _check_and_profile(self, layers: list[str]) -> ModelProfile:
+    def _check_and_profile(self, names: list[str]) -> ModelProfile:
         sample = self._inputs[:1]
         try:
-            with _eval_mode(self._model):
-                profile = profile_model(self._model, sample, layers)
-                with torch.no_grad():
-                    out = self._model(sample)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(
-                f"data inputs of shape {tuple(self._inputs.shape)} do not fit the model: {err}"
-            ) from None
-        if out.dim() != 2:
-            raise ValueError(f"the model must return (batch, classes) logits; got shape {tuple(out.shape)}")
-        top = int(self._labels.max())
-        if top >= out.shape[1] or int(self._labels.min()) < 0:
-            raise ValueError(f"labels must lie in [0, {out.shape[1] - 1}] for {out.shape[1]} model outputs; got max {top}")
+            profile = profile_model(self._run_model, sample, names)
+            with eval_mode(self._run_model), torch.no_grad():
+                out = self._run_model(sample)
+        except (RuntimeError, TypeError, IndexError) as err:
+            raise ValueError(f"data inputs of shape {tuple(self._inputs.shape)} do not fit the model: {err}") from None
+        if self.task.classification:
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise ValueError(f"the model must return (batch, classes) logits; got {getattr(out, 'shape', type(out))}")
+            top = int(self._labels.max())
+            if top >= out.shape[1] or int(self._labels.min()) < 0:
+                raise ValueError(f"labels must lie in [0, {out.shape[1] - 1}] for {out.shape[1]} model outputs; got max {top}")
         return profile
 
     # ----------------------------------------------------------------------------- read-only views
@@ -172,18 +136,23 @@ class Explorer:
         return self._model
 
     @property
-    def layers(self) -> list[str]:
-        """Prunable layer names in execution order, as in ``model.named_modules()``."""
+    def weights(self) -> list[str]:
+        """Prunable weight names (parameter names) in the order the forward pass uses them."""
         return list(self._profile.names)
 
     @property
+    def layers(self) -> list[str]:
+        """Same as :attr:`weights` (the per-weight sliders are labelled with these names)."""
+        return self.weights
+
+    @property
     def profile(self) -> ModelProfile:
-        """Shapes, output positions and dense FLOPs of the prunable layers."""
+        """Shapes, kinds and dense FLOPs of the prunable weights."""
         return self._profile
 
     @property
     def dense_weights(self) -> dict[str, torch.Tensor]:
-        """Snapshot of the prunable layers' dense weights taken at construction (do not modify)."""
+        """Snapshot of the prunable weights taken at construction (do not modify)."""
         return self._weights
 
     @property
@@ -193,200 +162,333 @@ class Explorer:
 
     @property
     def methods(self) -> list[str]:
-        """Names of the registered pruning criteria."""
+        """Names of the registered pruning criteria (follows the registry)."""
         return list(METHODS)
 
-    # ----------------------------------------------------------------------------- changing the state
-    def prune(self, method: str, sparsity: float | None = None, **options: Any) -> "Explorer":
-        """Prune with ``method`` at ``sparsity`` (fraction of weights removed); returns ``self``.
+    @property
+    def setting(self) -> Setting:
+        """The current setting."""
+        return self.state.setting
 
-        Options: ``n``, ``m`` (nm), ``norm`` ('l1'/'l2', channel), ``seed``, ``skip_first_last``.
-        Per-layer settings made by hand are cleared. Nothing is changed if the input is bad.
+    # ----------------------------------------------------------------------------- changing the state
+    def weight_setting(self, method: str, sparsity: float | None = None, **options: Any) -> WeightSetting:
+        """The validated :class:`WeightSetting` for ``prune(method, sparsity, **options)`` (state untouched).
+
+        Options not given take their defaults: a setting means exactly what the call says.
         """
-        get_method(method)
-        allowed = _OPTIONS.get(method, set()) | _COMMON_OPTIONS
-        bad = sorted(set(options) - allowed)
-        if bad:
-            raise ValueError(f"unknown option(s) {bad} for method {method!r}; allowed: {sorted(allowed)}")
-        current = self.state.spec()
-        spec = replace(current, method=method, overrides=(), **options)
-        if method == "nm":
-            n, m = check_nm(spec.n, spec.m)
-            if sparsity is not None and abs(float(sparsity) - (1 - n / m)) > 1e-9:
-                raise ValueError(f"N:M {n}:{m} has sparsity 1 - n/m = {1 - n / m:g}; got sparsity={sparsity!r}")
-            sparsity = 1 - n / m
-        spec = replace(spec, sparsity=check_sparsity(current.sparsity if sparsity is None else sparsity))
-        if spec.norm not in ("l1", "l2"):
-            raise ValueError(f"norm must be 'l1' or 'l2', got {spec.norm!r}")
-        if not isinstance(spec.skip_first_last, bool):
-            raise ValueError(f"skip_first_last must be True or False, got {spec.skip_first_last!r}")
-        if not isinstance(spec.seed, int) or spec.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {spec.seed!r}")
-        self.masks_for(spec)  # validates against the model before anything changes
-        self._apply(spec)
+        strategy = get_method(method)
+        seed = options.pop("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        frozen = strategy.check_options(options)
+        fixed = strategy.fixed_sparsity(dict(frozen))
+        if fixed is not None:
+            if sparsity is not None and abs(float(sparsity) - fixed) > 1e-9:
+                raise ValueError(f"{strategy.display_name} has sparsity {fixed:g} with these options; got sparsity={sparsity!r}")
+            sparsity = fixed
+        value = check_sparsity(self._free_sparsity if sparsity is None else sparsity)
+        setting = WeightSetting(method=method, sparsity=value, options=frozen, seed=int(seed))
+        self._validate(setting)
+        return setting
+
+    def prune(self, method: str, sparsity: float | None = None, **options: Any) -> "Explorer":
+        """Prune with ``method`` at ``sparsity`` (fraction of weights removed) and its ``options``
+        (``seed`` and the method's own, see ``get_method(method).Options``); returns ``self``.
+
+        Hand-set weights are cleared; options not given take their defaults; ``sparsity=None``
+        keeps the last sparsity chosen for a method without a fixed one. Nothing changes on bad input.
+        """
+        setting = self.weight_setting(method, sparsity, **options)
+        if get_method(method).fixed_sparsity(dict(setting.options)) is None:
+            self._free_sparsity = setting.sparsity
+        self.state.setting = replace(self.setting, weights=setting)
         return self
 
     def set_layer_sparsity(self, layer: str, sparsity: float) -> "Explorer":
-        """Set one layer's sparsity by hand; the other layers keep theirs. Returns ``self``."""
-        if layer not in self.layers:
-            raise ValueError(f"unknown layer {layer!r}; prunable layers: {', '.join(self.layers)}")
-        value = check_sparsity(sparsity, f"sparsity of layer {layer!r}")
-        current = self.state.spec()
+        """Set one weight's sparsity by hand (module names stand for their ``weight``); returns ``self``."""
+        name = layer if layer in self.weights or f"{layer}.weight" not in self.weights else f"{layer}.weight"
+        if name not in self.weights:
+            raise ValueError(f"unknown weight {layer!r}; prunable weights: {', '.join(self.weights)}")
+        value = check_sparsity(sparsity, f"sparsity of {name!r}")
+        current = self.setting.weights
         overrides = dict(current.overrides)
-        overrides[layer] = value
-        spec = replace(current, overrides=tuple(sorted(overrides.items())))
-        self.masks_for(spec)
-        self._apply(spec)
+        overrides[name] = value
+        setting = replace(current, overrides=tuple(sorted(overrides.items())))
+        self._validate(setting)
+        self.state.setting = replace(self.setting, weights=setting)
         return self
 
-    def _apply(self, spec: PruneSpec) -> None:
-        self.state.param.update(
-            method=spec.method, sparsity=spec.sparsity, layer_sparsity=dict(spec.overrides),
-            n=spec.n, m=spec.m, norm=spec.norm, skip_first_last=spec.skip_first_last, seed=spec.seed,
-        )
+    def set_setting(self, setting: Setting) -> "Explorer":
+        """Make ``setting`` current (views and recipes use this); validated first."""
+        if not isinstance(setting, Setting):
+            raise ValueError(f"setting must be a Setting, got {type(setting).__name__}")
+        method = get_method(setting.weights.method)
+        if tuple(method.check_options(dict(setting.weights.options))) != tuple(setting.weights.options):
+            raise ValueError(f"setting options {setting.weights.options} are not complete for {method.name!r}")
+        self._validate(setting.weights)
+        if setting.tokens is not None:
+            self._token_adapter()  # a token budget needs a transformer
+        self.state.setting = setting
+        return self
 
-    # ----------------------------------------------------------------------------- results
+    def _validate(self, setting: WeightSetting) -> None:
+        """Cheap checks that need no masks (the masks themselves are computed off the event loop)."""
+        method = get_method(setting.method)
+        unknown = [n for n, _ in setting.overrides if n not in self.weights]
+        if unknown:
+            raise ValueError(f"unknown weight(s) {unknown}; prunable weights: {', '.join(self.weights)}")
+        steps = method.layer_steps(dict(setting.options))
+        for name, value in setting.overrides:
+            check_sparsity(value, f"sparsity of {name!r}")
+            if steps is not None and not any(abs(value - s) < 1e-9 for s in steps):
+                raise ValueError(f"{name!r} under {method.display_name} takes {' or '.join(f'{s:g}' for s in steps)}; got {value:g}")
+        validate = getattr(method, "validate_setting", None)
+        if validate is not None:
+            validate(setting, self._score_context(setting.seed))
+
+    # ----------------------------------------------------------------------------- masks
     @property
     def masks(self) -> Masks:
-        """``{layer: bool tensor}`` of the current setting, True = kept, the weight's shape."""
-        return self.masks_for(self.state.spec())
+        """``{weight name: bool tensor}`` of the current setting, True = kept, the weight's shape."""
+        return self.masks_for(self.setting)
 
-    def layer_sparsities(self, spec: PruneSpec | None = None) -> dict[str, float]:
-        """Achieved sparsity of every layer for ``spec`` (default: the current setting)."""
-        masks = self.masks_for(spec or self.state.spec())
-        return {n: 1.0 - float(masks[n].float().mean()) for n in self.layers}
+    def masks_for(self, setting: Setting | WeightSetting | None = None) -> Masks:
+        """Masks of ``setting`` (pure, memoised). Returned tensors must not be modified."""
+        ws = self._weight_part(setting)
+        return self._cache.get_or(("masks", ws), lambda: self._compute_masks(ws))
 
-    def layer_settings(self, spec: PruneSpec | None = None) -> dict[str, float]:
-        """Each layer's value in the unit :meth:`set_layer_sparsity` takes, for ``spec`` (default: current).
+    def _weight_part(self, setting: Setting | WeightSetting | None) -> WeightSetting:
+        setting = self.setting if setting is None else setting
+        return setting.weights if isinstance(setting, Setting) else setting
 
-        Hand-set layers give their setting; others what the method allocated: the fraction of
-        weights removed, or for structured (channel) pruning the fraction of output channels removed.
-        """
-        spec = spec or self.state.spec()
-        if get_method(spec.method).is_structured:
-            masks = self.masks_for(spec)
-            values = {n: 1.0 - float(masks[n].flatten(1).any(1).float().mean()) for n in self.layers}
-        else:
-            values = self.layer_sparsities(spec)
-        values.update(dict(spec.overrides))
-        return values
-
-    def masks_for(self, spec: PruneSpec) -> Masks:
-        """Masks of ``spec`` (pure, memoised). Returned tensors must not be modified."""
-        return self._masks.get_or(spec, lambda: self._compute_masks(spec))
-
-    def _compute_masks(self, spec: PruneSpec) -> Masks:
-        method = get_method(spec.method)
-        excluded = {self.layers[0], self.layers[-1]} if spec.skip_first_last else set()
-        options = spec.options()
-        scores = self._scores.get_or(
-            (spec.method, spec.seed, tuple(sorted(options.items())) if spec.method == "channel" else ()),
-            lambda: Ranking(method.scores(self._score_context(spec.seed), **options)),
-        )
-        overrides = dict(spec.overrides)
-        if method.is_structured:
-            overrides = {**{n: 0.0 for n in excluded if n != self.layers[-1]}, **overrides}
-            return method.masks(scores, self._profile.layers, spec.sparsity, overrides, **options)
-        pruned = Ranking({n: s for n, s in scores.items() if n not in excluded}) if excluded else scores
-        masks = method.masks(
-            pruned, self._profile.layers, spec.sparsity,
-            {n: s for n, s in overrides.items() if n in pruned}, **options,
-        )
-        for n in self.layers:
-            if n not in masks:  # excluded layers stay dense unless set by hand
-                masks[n] = (
-                    method.layer_mask(scores, n, overrides[n], **options)
-                    if n in overrides else torch.ones(self._weights[n].shape, dtype=torch.bool)
-                )
-        return masks
+    def _compute_masks(self, setting: WeightSetting) -> Masks:
+        method = get_method(setting.method)
+        options = dict(setting.options)
+        ctx = self._score_context(setting.seed)
+        key = ("scores", setting.method, setting.seed if method.uses_seed else 0, method.score_options(options))
+        scores = self._cache.get_or(key, lambda: Ranking(method.scores(ctx, options)))
+        masks = method.masks(scores, ctx, setting)
+        return {n: masks[n].to(self.device) for n in self.weights}
 
     def _score_context(self, seed: int) -> ScoreContext:
-        return ScoreContext(
-            weights=self._weights, layers=self._profile.layers, seed=seed,
-            gradients=lambda: self._gradients(seed),
-        )
+        return ScoreContext(weights=self._weights, profile=self._profile, seed=seed,
+                            gradients=lambda: self._gradients(seed), channel_groups=self.channel_groups)
+
+    def channel_groups(self) -> list:
+        """Coupled channel groups of the traced graph (structured pruning), memoised."""
+        from prunescope.explorer.core.graph import channel_groups
+
+        return self._cache.get_or(("groups",), lambda: channel_groups(self._run_model, self._inputs[:2], self.weights))
 
     def _gradients(self, seed: int, size: int = 256) -> dict[str, torch.Tensor]:
         """Gradients of the loss w.r.t. the prunable weights on a seeded calibration batch."""
         inputs, labels = self._calibration or (self._inputs, self._labels)
-        pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size]
-        weights = {f"{n}.weight": w.clone().requires_grad_(True) for n, w in self._weights.items()}
-        with self._forward_lock, _eval_mode(self._model):
-            logits = functional_call(self._model, weights, (inputs[pick],), strict=False)
-            loss = nn.functional.cross_entropy(logits, labels[pick])
-            grads = torch.autograd.grad(loss, list(weights.values()))
-        return {n: g.detach() for n, g in zip(self._weights, grads)}
+        pick = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size].to(self.device)
+        params = {n: w.clone().requires_grad_(True) for n, w in self._weights.items()}
+        with self._forward_lock:
+            out = forward(self._run_model, params, inputs[pick], grad=True, batch_size=len(pick)).logits
+            grads = torch.autograd.grad(self.task.loss_fn(out, labels[pick]), list(params.values()))
+        return {n: g.detach() for n, g in zip(params, grads)}
 
-    def cost(self, spec: PruneSpec | None = None) -> Cost:
-        """Sparsity, parameters and FLOPs of a setting (default: current); instant, no forward pass."""
-        return cost_of(self.masks_for(spec or self.state.spec()), self._profile, self._params_total)
+    def layer_sparsities(self, setting: Setting | WeightSetting | None = None) -> dict[str, float]:
+        """Achieved sparsity of every prunable weight for ``setting`` (default: the current one)."""
+        masks = self.masks_for(setting)
+        return {n: 1.0 - float(masks[n].float().mean()) for n in self.weights}
 
-    def evaluate(self, backend: str | None = None, spec: PruneSpec | None = None) -> Metrics:
-        """Accuracy, loss, parameters and FLOPs of the pruned model on :attr:`eval_data` (memoised)."""
+    def layer_settings(self, setting: Setting | WeightSetting | None = None) -> dict[str, float]:
+        """Each weight's value in the unit :meth:`set_layer_sparsity` takes (hand-set ones as set)."""
+        ws = self._weight_part(setting)
+        method = get_method(ws.method)
+        masks = self.masks_for(ws)
+        values = {n: method.layer_value(masks[n]) for n in self.weights}
+        values.update(ws.overrides_dict)
+        return values
+
+    # ----------------------------------------------------------------------------- the one forward
+    def params_for(self, setting: Setting | WeightSetting | None = None) -> dict[str, torch.Tensor]:
+        """Parameters to swap in for ``setting``: every prunable weight times its mask."""
+        return masked_params(self._weights, self.masks_for(setting))
+
+    def _token_adapter(self):
+        from prunescope.explorer.tokens import find_adapter
+
+        return self._cache.get_or(("token-adapter",), lambda: find_adapter(self._run_model))
+
+    def intervention(self, setting: Setting | None = None, record: Any = None):
+        """The token intervention of ``setting`` (a context-manager factory), or None."""
+        setting = self.setting if setting is None else setting
+        if setting.tokens is None or (setting.tokens.is_dense and record is None):
+            return None
+        from prunescope.explorer.tokens import token_intervention
+
+        adapter = self._token_adapter()
+        return lambda: token_intervention(self._run_model, adapter, setting.tokens, record=record)
+
+    def run(self, inputs: torch.Tensor | None = None, setting: Setting | None = None, *,
+            capture: Sequence[str] = (), record: Any = None) -> ForwardResult:
+        """One forward pass with every intervention of ``setting`` (default: current): weight masks
+        and token budget. ``capture`` names modules whose outputs are returned."""
+        setting = self.setting if setting is None else setting
+        inputs = self._inputs if inputs is None else cast_inputs(inputs, self.dtype).to(self.device)
+        params = self.params_for(setting)
+        with self._forward_lock:
+            return forward(self._run_model, params, inputs, intervention=self.intervention(setting, record),
+                           capture=capture, batch_size=self.batch_size)
+
+    def logits(self, setting: Setting | None = None, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the model under ``setting`` (default: current), the module untouched."""
+        return self.run(inputs, setting).logits
+
+    # ----------------------------------------------------------------------------- results
+    def cost(self, setting: Setting | None = None) -> Cost:
+        """Sparsity, parameters and FLOPs of a setting (default: current); no forward pass."""
+        setting = self.setting if setting is None else setting
+        return self._cache.get_or(("cost", setting), lambda: self._cost(setting))
+
+    def _cost(self, setting: Setting) -> Cost:
+        masks = self.masks_for(setting)
+        if setting.tokens is None or setting.tokens.is_dense:
+            return cost_of(masks, self._profile, self._params_total)
+        from prunescope.explorer.tokens import weight_flops_scale
+
+        total, scale = weight_flops_scale(self, setting.tokens)
+        return cost_of(masks, self._profile, self._params_total, flops_dense=total, flops_scale=scale)
+
+    def evaluate(self, backend: str | None = None, setting: Setting | None = None) -> Metrics:
+        """The task's metric (accuracy), loss, parameters and FLOPs on the full :attr:`eval_data` (memoised)."""
         backend = backend or self.state.backend
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-        spec = spec or self.state.spec()
-        return self._metrics.get_or((spec, backend), lambda: self._evaluate(spec, backend))
+        setting = self.setting if setting is None else setting
+        return self._cache.get_or(("metrics", setting, backend), lambda: self._evaluate(setting, backend))
 
-    def _evaluate(self, spec: PruneSpec, backend: str) -> Metrics:
-        masks = self.masks_for(spec)
-        logits = self.logits(masks) if backend == "torch" else self.sparse_logits(spec, backend)
-        loss = nn.functional.cross_entropy(logits, self._labels).item()
-        accuracy = (logits.argmax(1) == self._labels).double().mean().item()
-        cost = cost_of(masks, self._profile, self._params_total)
-        return Metrics(**vars(cost), accuracy=accuracy, loss=loss, samples=len(self._labels))
+    def _evaluate(self, setting: Setting, backend: str) -> Metrics:
+        started = time.perf_counter()
+        if backend == "torch":
+            outputs = self.logits(setting)
+        else:
+            outputs = self.sparse_logits(setting, backend)
+        self._note_speed(time.perf_counter() - started, len(self._labels))
+        return self._metrics(setting, outputs, self._labels, population=len(self._labels))
 
-    def logits(self, masks: Masks | None = None, inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of the model with ``masks`` applied (masked weights, module untouched)."""
-        masks = self.masks if masks is None else masks
-        inputs = self._inputs if inputs is None else inputs
-        weights = {f"{n}.weight": self._weights[n] * masks[n] for n in self.layers if n in masks}
-        outs = []
-        with self._forward_lock, torch.no_grad(), _eval_mode(self._model):
-            for start in range(0, len(inputs), self.batch_size):
-                outs.append(functional_call(self._model, weights, (inputs[start : start + self.batch_size],), strict=False))
-        return torch.cat(outs)
+    def _metrics(self, setting: Setting, outputs: torch.Tensor, labels: torch.Tensor, population: int,
+                 estimate: bool = False) -> Metrics:
+        values = self.task.per_sample(outputs, labels)
+        low, high = mean_interval(values.cpu(), population, self.task.binary)
+        return Metrics(**vars(self.cost(setting)), accuracy=float(values.mean()), loss=self.task.loss(outputs, labels),
+                       samples=len(labels), population=population, interval=(low, high), estimate=estimate,
+                       metric_name=self.task.metric_name, loss_name=self.task.loss_name)
 
-    def sparse_model(self, spec: PruneSpec | None = None, backend: str = "numba-cpu") -> nn.Module:
-        """A copy of the model whose pruned layers run on the sparse kernels (memoised per setting)."""
+    def _note_speed(self, seconds: float, samples: int) -> None:
+        if samples < 256:  # small batches measure the per-call overhead, not the rate
+            return
+        rate = seconds / samples
+        old = self._seconds_per_sample
+        self._seconds_per_sample = rate if old is None else 0.5 * old + 0.5 * rate
+
+    def estimate(self, seconds: float = 0.1, setting: Setting | None = None) -> Metrics:
+        """Metrics on a stratified random subset sized to fit ``seconds``, with the 95% interval of
+        the full split's metric in ``interval`` (``estimate=True``). When the full split fits the
+        budget, this is :meth:`evaluate` (torch backend) and the interval has zero width."""
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds!r}")
+        setting = self.setting if setting is None else setting
+        full = self._cache.get(("metrics", setting, "torch"))
+        if full is not None:
+            return full
+        total = len(self._labels)
+        if self._seconds_per_sample is None:  # calibrate: one warm-up, then one timed batch
+            probe = self._inputs[: min(total, 256)]
+            self.logits(DENSE, probe)
+            started = time.perf_counter()
+            self.logits(DENSE, probe)
+            self._note_speed(time.perf_counter() - started, len(probe))
+        masks_ready = ("masks", setting.weights) in self._cache
+        budget = seconds * (0.6 if masks_ready else 0.4)  # leave room for masks and overheads
+        n = int(budget / max(self._seconds_per_sample, 1e-9))
+        if n >= total:
+            return self.evaluate("torch", setting)
+        n = max(n, min(total, 32))
+        key = ("estimate", setting, n)
+
+        def compute() -> Metrics:
+            pick = stratified_order(self._labels.cpu() if self.task.classification else torch.zeros(total, dtype=torch.long),
+                                    _setting_seed(setting))[:n].to(self.device)
+            outputs = self.logits(setting, self._inputs[pick])
+            return self._metrics(setting, outputs, self._labels[pick], population=total, estimate=True)
+
+        return self._cache.get_or(key, compute)
+
+    def sparse_model(self, setting: Setting | None = None, backend: str = "numba-cpu") -> nn.Module:
+        """A copy of the model whose pruned weights run on the sparse kernels (memoised per setting)."""
         from prunescope.explorer.sparse_exec import build_sparse_model
 
-        spec = spec or self.state.spec()
-        return self._sparse_models.get_or((spec, backend), lambda: build_sparse_model(self, spec, backend))[0]
+        setting = self.setting if setting is None else setting
+        return self._cache.get_or(("sparse", setting.weights, backend),
+                                  lambda: build_sparse_model(self, setting.weights, backend))[0]
 
-    def sparse_logits(self, spec: PruneSpec | None = None, backend: str = "numba-cpu") -> torch.Tensor:
+    def sparse_report(self, setting: Setting | None = None, backend: str = "numba-cpu"):
+        """Which format each prunable weight ran in (and why a weight stayed in dense torch)."""
+        from prunescope.explorer.sparse_exec import build_sparse_model
+
+        setting = self.setting if setting is None else setting
+        return self._cache.get_or(("sparse", setting.weights, backend),
+                                  lambda: build_sparse_model(self, setting.weights, backend))[1]
+
+    def sparse_logits(self, setting: Setting | None = None, backend: str = "numba-cpu") -> torch.Tensor:
         """Logits of the evaluation data through the sparse kernels (``numba-cpu`` or ``numba-cuda``)."""
-        model = self.sparse_model(spec, backend)
-        with torch.no_grad():
-            return torch.cat([model(self._inputs[i : i + self.batch_size]) for i in range(0, len(self._inputs), self.batch_size)])
+        setting = self.setting if setting is None else setting
+        model = self.sparse_model(setting, backend)
+        with self._forward_lock:
+            return forward(model, {}, self._inputs, intervention=None, batch_size=self.batch_size).logits
 
     def benchmark(self, batch_size: int = 64, backend: str = "numba-cpu", repeats: int = 20,
-                  spec: PruneSpec | None = None, **kwargs: Any):
-        """Measured latency of dense torch vs sparse execution, per layer and whole model, beside
-        the FLOPs reduction (``progress=``, ``cancel=`` as for :meth:`sensitivity`); see
-        :func:`prunescope.explorer.sparse_exec.benchmark`."""
+                  setting: Setting | None = None, **kwargs: Any):
+        """Measured latency of dense torch vs sparse execution, per weight and whole model, beside
+        the FLOPs reduction (``progress=``, ``cancel=``); see :func:`prunescope.explorer.sparse_exec.benchmark`."""
         from prunescope.explorer.sparse_exec import benchmark
 
-        return benchmark(self, spec or self.state.spec(), backend, batch_size, repeats, **kwargs)
+        return benchmark(self, (self.setting if setting is None else setting).weights, backend, batch_size, repeats, **kwargs)
 
     def dense_metrics(self) -> Metrics:
         """Metrics of the unpruned model through dense torch (the reference shown beside every number)."""
-        return self.evaluate(backend="torch", spec=PruneSpec(method="magnitude", sparsity=0.0))
+        return self.evaluate(backend="torch", setting=DENSE)
 
     def clear_caches(self, scores: bool = True) -> None:
-        """Forget memoised masks, metrics, sparse models and (if ``scores``) criterion scores,
-        so that benchmarks time cold work."""
-        memos = (self._masks, self._metrics, self._sparse_models) + ((self._scores,) if scores else ())
-        for memo in memos:
-            with memo.lock:
-                memo.clear()
+        """Forget memoised results (and, if ``scores``, criterion scores) so benchmarks time cold work."""
+        if scores:
+            self._cache.clear()
+            return
+        kept = [(k, self._cache.get(k)) for k in list(self._cache._items) if k[0] in ("scores", "groups", "token-adapter")]
+        self._cache.clear()
+        for k, v in kept:
+            self._cache.put(k, v)
+
+    @property
+    def cache(self) -> ByteLRU:
+        """The explorer's byte-bounded result cache (``cache.max_bytes`` is settable)."""
+        return self._cache
 
     def sensitivity(self, **kwargs: Any):
-        """Measured accuracy vs sparsity per method and per layer; see :func:`sensitivity_analysis`."""
+        """Measured accuracy vs sparsity per method and per weight; see :func:`sensitivity_analysis`."""
         from prunescope.explorer.sensitivity import sensitivity_analysis
 
         return sensitivity_analysis(self, **kwargs)
+
+    # ----------------------------------------------------------------------------- tokens
+    def set_token_budget(self, keep: float | Sequence[float] | None, strategy: str = "cls_attention",
+                         **options: Any) -> "Explorer":
+        """Token budget: ``keep`` = fraction of the original patch tokens each block processes (one
+        ratio from ``start_block`` on, a non-increasing per-block list, or ``schedule=...``);
+        ``None`` removes the budget. Returns ``self``; nothing changes on bad input."""
+        if keep is None:
+            self.state.setting = replace(self.setting, tokens=None)
+            return self
+        from prunescope.explorer.tokens import make_token_setting
+
+        tokens: TokenSetting = make_token_setting(self._token_adapter(), keep, strategy, **options)
+        self.state.setting = replace(self.setting, tokens=tokens)
+        return self
 
     # ----------------------------------------------------------------------------- views
     def widget(self):
@@ -396,5 +498,5 @@ class Explorer:
         return ExplorerWidget(self)
 
     def __repr__(self) -> str:
-        s = self.state
-        return f"Explorer({self.name!r}, method={s.method!r}, sparsity={s.sparsity:g}, layers={self.layers})"
+        w = self.setting.weights
+        return f"Explorer({self.name!r}, method={w.method!r}, sparsity={w.sparsity:g}, weights={len(self.weights)})"

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import pandas as pd
 
+from prunescope.explorer.core.jobs import Cancelled
+from prunescope.explorer.core.setting import Setting, WeightSetting
 from prunescope.explorer.pruning import get_method
-from prunescope.explorer.state import PruneSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
@@ -17,11 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Sparsities of the default sweep (fraction of weights removed).
 DEFAULT_SPARSITIES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 #: Methods of the default global sweep (N:M is a single point, drawn as such by the views).
-DEFAULT_METHODS = ("magnitude", "global_magnitude", "lamp", "erk", "random", "snip", "channel")
+DEFAULT_METHODS = ("magnitude", "global_magnitude", "lamp", "erk", "uniform_plus", "random", "snip", "channel")
 
-
-class Cancelled(Exception):
-    """Raised by :func:`sensitivity_analysis` when its ``cancel`` event is set."""
+__all__ = ["Cancelled", "DEFAULT_METHODS", "DEFAULT_SPARSITIES", "SensitivityResult", "sensitivity_analysis"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ def sensitivity_analysis(
     for method in methods:
         get_method(method)
     key = (tuple(methods), tuple(float(s) for s in sparsities), per_layer)
-    return explorer._sensitivity.get_or(key, lambda: _sweep(explorer, *key, progress, cancel))
+    return explorer.cache.get_or(("sensitivity", *key), lambda: _sweep(explorer, *key, progress, cancel))
 
 
 def _sweep(explorer, methods, sparsities, per_layer, progress, cancel) -> SensitivityResult:
@@ -61,11 +60,16 @@ def _sweep(explorer, methods, sparsities, per_layer, progress, cancel) -> Sensit
     for done, (kind, what, sparsity) in enumerate(jobs, start=1):
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"sensitivity analysis cancelled after {done - 1} of {len(jobs)} evaluations")
-        if kind == "method":
-            spec = PruneSpec(method=what, sparsity=sparsity)
-        else:
-            spec = PruneSpec(method="magnitude", sparsity=0.0, overrides=((what, sparsity),))
-        metrics = explorer.evaluate(backend="torch", spec=spec)
+        try:
+            if kind == "method":
+                weights = explorer.weight_setting(what, sparsity)
+            else:
+                weights = WeightSetting(method="magnitude", sparsity=0.0, overrides=((what, sparsity),))
+        except ValueError:  # e.g. Unif+ cannot reach this sparsity: no point, not a failed sweep
+            if progress is not None:
+                progress(done, len(jobs))
+            continue
+        metrics = explorer.evaluate(backend="torch", setting=Setting(weights=weights))
         rows[kind].append(
             {kind: what, "sparsity": sparsity, "weight_sparsity": metrics.sparsity,
              "accuracy": metrics.accuracy, "loss": metrics.loss}

@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from prunescope.explorer.pruning import nm_groups
-from prunescope.explorer.sensitivity import Cancelled
-from prunescope.explorer.state import PruneSpec
+from prunescope.explorer.core.jobs import Cancelled
+from prunescope.explorer.core.setting import Setting, WeightSetting
+from prunescope.explorer.pruning import get_method, nm_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
@@ -61,92 +61,95 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _kernel_layer(module: nn.Module, mask: torch.Tensor, spec: PruneSpec, backend: str) -> nn.Module:
-    """The kernel-backed replacement of one pruned layer."""
+def _kernel_layer(module: nn.Module, mask: torch.Tensor, fmt: dict, backend: str) -> nn.Module | None:
+    """The kernel-backed replacement of one pruned module, or None when no kernel fits it."""
     from prunescope.kernels import NMLinear, SparseConv2d, SparseLinear
 
     weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
-    if isinstance(module, nn.Linear):
-        if spec.method == "nm" and nm_groups(mask, spec.m) is not None:
-            return KernelLayer(NMLinear.from_dense(weight, mask, spec.n, spec.m, bias), backend, f"{spec.n}:{spec.m}")
+    if type(module) is nn.Linear:
+        if fmt["format"] == "nm" and nm_groups(mask, fmt["m"]) is not None:
+            prepared = NMLinear.from_dense(weight, mask, fmt["n"], fmt["m"], bias)
+            return KernelLayer(prepared, backend, f"{fmt['n']}:{fmt['m']}")
         return KernelLayer(SparseLinear.from_dense(weight, mask, bias), backend, "csr")
-    if isinstance(module, nn.Conv2d):
+    if type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros":
         prepared = SparseConv2d.from_dense(
             weight, mask, bias, stride=module.stride, padding=module.padding,
             dilation=module.dilation, groups=module.groups,
         )
         return KernelLayer(prepared, "numba-cpu", "csr-conv")  # the conv kernel is CPU only
-    raise ValueError(f"no sparse kernel for {type(module).__name__}; sparse execution supports Linear and Conv2d")
+    return None
 
 
-def _compacted(module: nn.Module, kept_out: torch.Tensor, kept_in: torch.Tensor) -> nn.Module:
-    """``module`` rebuilt as a smaller dense layer with outputs ``kept_out`` and inputs ``kept_in``."""
-    from prunescope.kernels import compact_conv2d, compact_linear
-
-    out_idx, in_idx = kept_out.nonzero().flatten(), kept_in.nonzero().flatten()
-    bias = None if module.bias is None else module.bias.detach()
-    if isinstance(module, nn.Linear):
-        weight, bias = compact_linear(module.weight.detach(), bias, out_idx, in_idx)
-        small = nn.Linear(len(in_idx), len(out_idx), bias=bias is not None)
-    elif isinstance(module, nn.Conv2d) and module.groups == 1:
-        weight, bias = compact_conv2d(module.weight.detach(), bias, out_idx, in_idx)
-        small = nn.Conv2d(len(in_idx), len(out_idx), module.kernel_size, module.stride,
-                          module.padding, module.dilation, bias=bias is not None)
-    else:
-        raise ValueError(f"channel compaction supports Linear and Conv2d (groups=1), not {module}")
-    with torch.no_grad():
-        small.weight.copy_(weight)
-        if bias is not None:
-            small.bias.copy_(bias)
-    return small
+def _fallback_reason(module: nn.Module | None, called: bool) -> str:
+    if module is None:
+        return "dense torch (a bare parameter)"
+    kind = type(module).__name__
+    if not called:
+        return f"dense torch (read by its parent, not called: {kind})"
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return f"dense torch (no kernel for grouped conv, groups={module.groups})"
+    return f"dense torch (no kernel for {kind})"
 
 
 def dense_copy(explorer: "Explorer") -> nn.Module:
     """A copy of the explorer's model with its snapshot of the dense weights, in eval mode."""
-    model = copy.deepcopy(explorer.model).eval()
+    model = copy.deepcopy(explorer._run_model).eval()
+    params = dict(model.named_parameters())
     for name, weight in explorer.dense_weights.items():
-        model.get_submodule(name).weight.data = weight.clone()
+        params[name].data = weight.clone()
     return model
 
 
-def build_sparse_model(explorer: "Explorer", spec: PruneSpec, backend: str = "numba-cpu") -> tuple[nn.Module, dict[str, str]]:
-    """A copy of the explorer's model running ``spec``'s pruned layers on the kernels (eval mode),
-    and the format each prunable layer runs in."""
+def _called_modules(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """Names of the modules whose own forward runs when ``model`` runs on ``x``."""
+    seen: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.add(name))
+             for name, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def build_sparse_model(explorer: "Explorer", setting: WeightSetting, backend: str = "numba-cpu") -> tuple[nn.Module, dict[str, str]]:
+    """A copy of the explorer's model running ``setting``'s pruned weights on the kernels (eval
+    mode), and the format each prunable weight runs in. A weight with no kernel (grouped conv,
+    attention projections, bare parameters) runs in dense torch and its format says why."""
     check_backend(backend)
-    masks = explorer.masks_for(spec)
+    masks = explorer.masks_for(setting)
     model = dense_copy(explorer)
-    formats = {name: "dense" for name in explorer.layers}
-    if spec.method == "channel":
-        layers = explorer.layers
-        for i, name in enumerate(layers):
-            mask = masks[name].flatten(2) if masks[name].dim() > 2 else masks[name]
-            kept_out = mask.any(1) if mask.dim() == 2 else mask.any(2).any(1)
-            if i == len(layers) - 1:
-                kept_out = torch.ones_like(kept_out)
-            kept_in = mask.any(0) if mask.dim() == 2 else mask.any(2).any(0)
-            _replace(model, name, _compacted(model.get_submodule(name), kept_out, kept_in))
-            formats[name] = "compacted dense"
-        _check_compaction(explorer, spec, model)
-        return model, formats
-    for name in explorer.layers:
-        if not bool(masks[name].all()):
-            layer = _kernel_layer(model.get_submodule(name), masks[name], spec, backend)
-            _replace(model, name, layer)
+    fmt = get_method(setting.method).execution_format(dict(setting.options))
+    if fmt["format"] == "compacted":
+        from prunescope.explorer.core.graph import compact_model
+
+        groups = explorer.channel_groups()
+        keep = {g.index: masks[g.producers[0][0]].flatten(1).any(1) for g in groups
+                if g.prunable and g.producers[0][0] in masks}
+        small = compact_model(model, groups, keep)
+        return small, {name: "compacted dense" for name in explorer.weights}
+    called = _called_modules(model, explorer.eval_data[0][:1])
+    modules = dict(model.named_modules())
+    formats = {}
+    for name in explorer.weights:
+        module_name, _, leaf = name.rpartition(".")
+        module = modules.get(module_name)
+        if bool(masks[name].all()):
+            formats[name] = "dense"
+            continue
+        layer = None
+        if module is not None and leaf == "weight" and module_name in called:
+            layer = _kernel_layer(module, masks[name], fmt, backend)
+        if layer is None:  # run masked in dense torch
+            params = dict(model.named_parameters())
+            params[name].data = params[name].data * masks[name].to(params[name].dtype)
+            formats[name] = _fallback_reason(module, module_name in called)
+        else:
+            _replace(model, module_name, layer)
             formats[name] = layer.format
     return model, formats
-
-
-def _check_compaction(explorer: "Explorer", spec: PruneSpec, model: nn.Module) -> None:
-    """Compaction assumes a plain chain of layers; make sure the small model computes the same."""
-    inputs = explorer.eval_data[0][:32]
-    with torch.no_grad():
-        try:
-            small = model(inputs)
-        except RuntimeError as err:
-            raise ValueError(f"channel compaction needs a plain chain of layers; the model does not run compacted: {err}") from None
-    reference = explorer.logits(explorer.masks_for(spec), inputs)
-    if not torch.allclose(small, reference, rtol=1e-4, atol=1e-4):
-        raise ValueError("channel compaction needs a plain chain of layers; this model's compacted form computes something else")
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
@@ -172,19 +175,19 @@ class SpeedReport:
     table: pd.DataFrame
     batch_size: int
     backend: str
-    spec: PruneSpec
+    setting: WeightSetting
 
     @property
     def whole(self) -> pd.Series:
         return self.table.iloc[-1]
 
 
-def _layer_inputs(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The input each of ``layers`` receives when ``model`` runs on ``x``."""
-    seen: dict[str, torch.Tensor] = {}
+def _module_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
+    """The positional arguments each module of ``names`` receives when ``model`` runs on ``x``."""
+    seen: dict[str, tuple] = {}
     hooks = [
-        model.get_submodule(name).register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0]))
-        for name in layers
+        model.get_submodule(name).register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args))
+        for name in names
     ]
     try:
         with torch.no_grad():
@@ -195,58 +198,73 @@ def _layer_inputs(model: nn.Module, layers: list[str], x: torch.Tensor) -> dict[
     return seen
 
 
-def benchmark(explorer: "Explorer", spec: PruneSpec, backend: str = "numba-cpu",
+def benchmark(explorer: "Explorer", setting: WeightSetting, backend: str = "numba-cpu",
               batch_size: int = 64, repeats: int = 20,
               progress: Callable[[int, int], None] | None = None,
               cancel: threading.Event | None = None) -> SpeedReport:
-    """Time dense torch vs sparse execution of ``spec`` per layer and whole model at ``batch_size``.
+    """Time dense torch vs sparse execution of ``setting`` per weight and whole model at ``batch_size``.
 
     Inputs are the explorer's evaluation data (repeated to fill the batch). Medians over
     ``repeats`` runs after two warm-up runs; the theoretical speed-up is the FLOPs reduction.
-    ``progress(done, total)`` is called after each timed item; setting ``cancel`` stops with
-    :class:`~prunescope.explorer.sensitivity.Cancelled`.
+    Weights that run on a kernel are timed as their module alone; the others (dense torch,
+    compacted) only within the whole forward (NaN per weight). ``progress(done, total)`` is called
+    after each timed item; setting ``cancel`` stops with :class:`~prunescope.explorer.core.jobs.Cancelled`.
     """
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= 4096:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 4096:
         raise ValueError(f"batch_size must be an integer in [1, 4096], got {batch_size!r}")
-    if not isinstance(repeats, int) or repeats < 1:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    sparse_model, formats = build_sparse_model(explorer, spec, backend)
+    sparse_model, formats = build_sparse_model(explorer, setting, backend)
     dense_model = dense_copy(explorer)
     data = explorer.eval_data[0]
     x = data.repeat((batch_size + len(data) - 1) // len(data), *[1] * (data.dim() - 1))[:batch_size].contiguous()
-    dense_inputs = _layer_inputs(dense_model, explorer.layers, x)
-    sparse_inputs = _layer_inputs(sparse_model, explorer.layers, x)
-    per_layer = explorer.cost(spec).per_layer.set_index("layer")
+    timed = {n: n.rpartition(".")[0] for n in explorer.weights
+             if isinstance(_get(sparse_model, n.rpartition(".")[0]), KernelLayer)}
+    dense_inputs = _module_inputs(dense_model, list(timed.values()), x)
+    sparse_inputs = _module_inputs(sparse_model, list(timed.values()), x)
+    cost = explorer.cost(Setting(weights=setting))
+    per_weight = {w.name: w for w in cost.weights}
     rows = []
-    total = len(explorer.layers) + 1
+    total = len(timed) + 1
 
     def step() -> None:
         if progress is not None:
-            progress(len(rows), total)
+            progress(min(len(rows), total), total)
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"speed measurement cancelled after {len(rows)} of {total} items")
 
     with torch.no_grad():
-        for name in explorer.layers:
+        for name in explorer.weights:
+            w = per_weight[name]
+            if name not in timed:
+                rows.append(_row(name, formats[name], float("nan"), float("nan"), w.flops_dense, w.flops_effective))
+                continue
             step()
-            dense_layer, sparse_layer = dense_model.get_submodule(name), sparse_model.get_submodule(name)
-            dense_s = median_seconds(lambda: dense_layer(dense_inputs[name]), repeats)
-            sparse_s = median_seconds(lambda: sparse_layer(sparse_inputs[name]), repeats)
-            rows.append(_row(name, formats[name], dense_s, sparse_s, per_layer.loc[name, "flops_dense"],
-                             per_layer.loc[name, "flops_effective"]))
+            module = timed[name]
+            dense_layer, sparse_layer = dense_model.get_submodule(module), sparse_model.get_submodule(module)
+            dense_s = median_seconds(lambda: dense_layer(*dense_inputs[module]), repeats)
+            sparse_s = median_seconds(lambda: sparse_layer(*sparse_inputs[module]), repeats)
+            rows.append(_row(name, formats[name], dense_s, sparse_s, w.flops_dense, w.flops_effective))
         step()
         dense_s = median_seconds(lambda: dense_model(x), repeats)
         sparse_s = median_seconds(lambda: sparse_model(x), repeats)
-    cost = explorer.cost(spec)
     rows.append(_row("model", "whole forward", dense_s, sparse_s, cost.flops_dense, cost.flops_effective))
     if progress is not None:
         progress(total, total)
-    return SpeedReport(table=pd.DataFrame(rows), batch_size=batch_size, backend=backend, spec=spec)
+    return SpeedReport(table=pd.DataFrame(rows), batch_size=batch_size, backend=backend, setting=setting)
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _row(layer: str, fmt: str, dense_s: float, sparse_s: float, flops_dense: int, flops_effective: int) -> dict:
     return {
         "layer": layer, "format": fmt, "dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
-        "measured_speedup": dense_s / sparse_s, "flops_dense": int(flops_dense),
-        "flops_effective": int(flops_effective), "theoretical_speedup": flops_dense / max(flops_effective, 1),
+        "measured_speedup": dense_s / sparse_s if sparse_s == sparse_s else float("nan"),
+        "flops_dense": int(flops_dense), "flops_effective": int(flops_effective),
+        "theoretical_speedup": flops_dense / max(flops_effective, 1),
     }

@@ -9,7 +9,7 @@ import html
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from prunescope.explorer.metrics import Cost, Metrics
+    from prunescope.explorer.core.cost import Cost, Metrics
 
 #: Colours of the widget's text (dark grey for pending values, a dark red that reads as an alert
 #: to most colour-vision types because it is also marked with a symbol and words).

@@ -1,16 +1,15 @@
 """``ExplorerWidget``: an ipywidgets view of one :class:`~prunescope.explorer.Explorer`.
 
-The widget holds no pruning logic and no copy of the state. Moving a control calls
-``Explorer.prune`` / ``Explorer.set_layer_sparsity``; the engine validates the input and updates
-``explorer.state``; a ``param`` watcher on that state then redraws every control. So a change made
-anywhere (this widget, a second widget, ``ex.prune(...)`` in a later cell, the Panel app) shows up
-here the same way. A guard flag stops the redraw from calling the engine again.
+The widget holds no pruning logic and no copy of the state: it renders
+:func:`prunescope.explorer.viewmodel.view_model` (the same view model the Panel app renders), and
+moving a control calls ``Explorer.prune`` / ``Explorer.set_layer_sparsity``. The engine validates
+the input and updates ``explorer.state``; a ``param`` watcher on that state redraws every
+control. So a change made anywhere (this widget, a second widget, ``ex.prune(...)`` in a later
+cell, the Panel app) shows up here the same way. Echoes of a redraw (values the redraw sets, or
+the browser's slider snapping them to its step) are never taken for user input.
 
-Instant numbers (sparsity, parameters, FLOPs from ``explorer.cost()``) are drawn on every slider
-value; ``explorer.evaluate()`` measures accuracy and loss on the widget's
-:class:`~prunescope.explorer.worker.LatestWorker`, so a fast drag never queues stale
-evaluations and the kernel keeps answering the slider. Until the measurement of the current
-setting arrives the previous one is shown greyed out.
+Evaluation runs on the kernel's own thread: comm messages sent from a background thread do not
+reach a notebook page (ipykernel 7), and an evaluation of a sample model takes milliseconds.
 """
 
 from __future__ import annotations
@@ -23,18 +22,18 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import ipywidgets as widgets
 
-from prunescope.explorer.pruning import METHODS
-from prunescope.explorer.worker import LatestWorker
+from prunescope.explorer.viewmodel import MAX_SPARSITY, Option, view_model
 from prunescope.widgets._html import error_line, layer_readout, metrics_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
-    from prunescope.explorer.metrics import Cost, Metrics
+    from prunescope.explorer.core.cost import Metrics
 
 #: State parameters whose change redraws the widget.
-STATE_PARAMS = ("method", "sparsity", "layer_sparsity", "n", "m", "norm", "skip_first_last", "seed", "backend")
+STATE_PARAMS = ("setting", "backend")
+
 #: Largest value the sparsity sliders offer (the state allows anything in [0, 1)).
-SLIDER_MAX = 0.99
+SLIDER_MAX = MAX_SPARSITY
 SLIDER_STEP = 0.01
 _LABEL_WIDTH = "140px"
 
@@ -45,76 +44,50 @@ def _from_browser(value: float) -> float:
 
 
 class ExplorerWidget(widgets.VBox):
-    """Method picker, global and per-layer sparsity sliders and live metrics for one explorer.
+    """Method picker, its options, global and per-weight sparsity sliders and live metrics.
 
     >>> w = ExplorerWidget(Explorer.from_sample("digits_mlp")); w          # in a notebook cell
     >>> w.sparsity.value = 0.9      # same as dragging: calls explorer.prune(method, sparsity=0.9)
 
-    Controls (public, for scripting and tests): ``method``, ``n``, ``m``, ``norm``,
-    ``sparsity``, ``skip_first_last`` and ``layer_sliders[layer]``; output: ``metrics_html``, ``error_html``,
+    Controls (public, for scripting and tests): ``method``, ``sparsity``, ``option_widgets[name]``,
+    ``seed`` and ``layer_sliders[weight]``; output: ``metrics_html``, ``error_html``,
     :attr:`metrics` (the measurement on display) and :attr:`error` (the last rejected input).
     """
 
     def __init__(self, explorer: "Explorer", **kwargs: Any) -> None:
         self.explorer = explorer
         self.error: str | None = None
-        self._dense: Metrics | None = None
         self._measured: Metrics | None = None
-        self._measured_key: tuple | None = None  # (spec, backend) of ``_measured``
-        self._drawn: dict[widgets.FloatSlider, float] = {}  # the value each slider was last drawn at
-        self._local = threading.local()  # the guard flag, per thread: watchers run on the caller's thread
+        self._drawn: dict[Any, Any] = {}  # the value each control was last drawn at
+        self._local = threading.local()  # the guard flag, per thread
         self._draw_lock = threading.RLock()
-        self._worker = LatestWorker(name=f"prunescope-widget-{explorer.name}")
-
-        self.method = widgets.Dropdown(
-            options=[(METHODS[name].display_name, name) for name in explorer.methods],
-            description="Method", tooltip="Pruning criterion",
-        )
-        self.n = widgets.IntText(description="N", tooltip="weights kept per group",
-                                 layout=widgets.Layout(width="120px"))
-        self.m = widgets.IntText(description="M", tooltip="group size",
-                                 layout=widgets.Layout(width="120px"))
-        self.norm = widgets.ToggleButtons(options=[("L1 norm", "l1"), ("L2 norm", "l2")],
-                                          description="Channels", tooltip="channel norm")
-        self.skip_first_last = widgets.Checkbox(description="Keep first and last layer dense", indent=False)
-        self.sparsity = self._slider("Sparsity", "Fraction of the prunable weights removed")
-        self.layer_sliders = {
-            name: self._slider(name, f"Sparsity of layer {name}, set by hand") for name in explorer.layers
-        }
-        self.layer_readouts = {name: widgets.HTML() for name in explorer.layers}
+        vm = view_model(explorer)
+        self.method = widgets.Dropdown(options=list(vm.methods.items()), description="Method",
+                                       tooltip="Pruning criterion")
+        self.method_note = widgets.HTML()
+        self.sparsity = self._slider("Sparsity", "Target sparsity of the method")
+        self.achieved = widgets.HTML()
+        self.option_box = widgets.HBox()
+        self.option_widgets: dict[str, widgets.Widget] = {}
+        self._option_method: str | None = None
+        self.seed = widgets.BoundedIntText(description="Seed", min=0, max=2**31 - 1,
+                                           layout=widgets.Layout(width="180px"))
+        self.layer_sliders = {name: self._slider(name, f"Sparsity of {name}, set by hand") for name in explorer.weights}
+        self.layer_readouts = {name: widgets.HTML() for name in explorer.weights}
         self.layer_heading = widgets.HTML()
         self.metrics_html = widgets.HTML()
         self.error_html = widgets.HTML()
-        self.nm_box = widgets.HBox([self.n, self.m])
-
-        layer_rows = [
-            widgets.HBox([self.layer_sliders[name], self.layer_readouts[name]]) for name in explorer.layers
-        ]
+        layer_rows = [widgets.HBox([self.layer_sliders[n], self.layer_readouts[n]]) for n in explorer.weights]
         children = [
             widgets.HTML(f"<b>Prunescope</b> &middot; {html.escape(explorer.name)}"),
-            widgets.HBox([self.method, self.nm_box, self.norm]),
-            self.sparsity,
-            self.skip_first_last,
-            self.layer_heading,
-            *layer_rows,
-            self.error_html,
-            self.metrics_html,
+            self.method, self.method_note, self.sparsity, self.achieved, self.option_box, self.seed,
+            self.layer_heading, *layer_rows, self.error_html, self.metrics_html,
         ]
         super().__init__(children=children, **kwargs)
-
-        state = explorer.state
-        key = (state.spec(), state.backend)
-        try:  # the first numbers without waiting for the worker
-            self._show(key, self._evaluate(key))
-        except Exception as err:  # noqa: BLE001 - shown in the widget
-            self._evaluation_failed(err)
         self._draw()
         self.method.observe(self._on_method, "value")
-        self.n.observe(self._on_nm, "value")
-        self.m.observe(self._on_nm, "value")
-        self.norm.observe(self._on_norm, "value")
-        self.skip_first_last.observe(self._on_skip_first_last, "value")
         self.sparsity.observe(self._on_sparsity, "value")
+        self.seed.observe(self._on_option, "value")
         for name, slider in self.layer_sliders.items():
             slider.observe(functools.partial(self._on_layer, name), "value")
         self._watcher = explorer.state.param.watch(self._on_state, list(STATE_PARAMS))
@@ -122,32 +95,44 @@ class ExplorerWidget(widgets.VBox):
     @staticmethod
     def _slider(description: str, tooltip: str) -> widgets.FloatSlider:
         return widgets.FloatSlider(
-            min=0.0, max=SLIDER_MAX, step=SLIDER_STEP, readout_format=".1%", continuous_update=True,
+            min=0.0, max=MAX_SPARSITY, step=0.01, readout_format=".1%", continuous_update=True,
             description=description, tooltip=tooltip,
             style={"description_width": _LABEL_WIDTH}, layout=widgets.Layout(width="480px"),
         )
+
+    @staticmethod
+    def _option_widget(option: Option) -> widgets.Widget:
+        if option.kind == "select":
+            return widgets.Dropdown(options=list(option.choices), value=option.value, description=option.label,
+                                    tooltip=option.doc, layout=widgets.Layout(width="220px"))
+        if option.kind == "bool":
+            return widgets.Checkbox(value=option.value, description=option.label, indent=False)
+        if option.kind == "int":
+            low, high = option.bounds or (None, None)
+            return widgets.BoundedIntText(value=option.value, min=low if low is not None else -2**31,
+                                          max=high if high is not None else 2**31 - 1, description=option.label,
+                                          tooltip=option.doc, layout=widgets.Layout(width="160px"))
+        return widgets.FloatText(value=option.value, description=option.label, layout=widgets.Layout(width="180px"))
 
     # ------------------------------------------------------------------ controls -> engine
     def _on_method(self, change: dict) -> None:
         if not self._drawing:
             self._apply(lambda: self.explorer.prune(change["new"]))
 
-    def _on_nm(self, change: dict) -> None:
-        if not self._drawing:
-            self._apply(lambda: self.explorer.prune("nm", n=self.n.value, m=self.m.value))
-
-    def _on_norm(self, change: dict) -> None:
-        if not self._drawing:
-            self._apply(lambda: self.explorer.prune("channel", norm=change["new"]))
-
-    def _on_skip_first_last(self, change: dict) -> None:
-        if not self._drawing:
-            self._apply(lambda: self.explorer.prune(self.explorer.state.method, skip_first_last=change["new"]))
+    def _on_option(self, change: dict) -> None:
+        if self._drawing or change["owner"] in self._drawn and self._drawn[change["owner"]] == change["new"]:
+            return
+        w = self.explorer.setting.weights
+        values = {n: wid.value for n, wid in self.option_widgets.items()}
+        if self.seed.layout.display != "none":
+            values["seed"] = self.seed.value
+        self._apply(lambda: self.explorer.prune(w.method, sparsity=None, **values))
 
     def _on_sparsity(self, change: dict) -> None:
         if not self._drawing and not self._is_echo(self.sparsity, change["new"]):
-            method = self.explorer.state.method
-            self._apply(lambda: self.explorer.prune(method, sparsity=_from_browser(change["new"])))
+            w = self.explorer.setting.weights
+            self._apply(lambda: self.explorer.prune(w.method, sparsity=_from_browser(change["new"]),
+                                                    seed=w.seed, **dict(w.options)))
 
     def _on_layer(self, layer: str, change: dict) -> None:
         if not self._drawing and not self._is_echo(self.layer_sliders[layer], change["new"]):
@@ -157,15 +142,15 @@ class ExplorerWidget(widgets.VBox):
         """Whether ``value`` is the browser's slider snapping the drawn value to its step.
 
         The JavaScript slider rounds a value it is sent to its step grid and, with
-        ``continuous_update``, sends the rounded value back (0.891 -> 0.89, 0.9 ->
-        0.9000000000000001). Taken as input, that would turn a method's allocation into hand-set
-        layers. Any real move lands at least one step away from the drawn value.
+        ``continuous_update``, sends the rounded value back (0.891 -> 0.89). Taken as input, that
+        would turn a method's allocation into hand-set weights. A real move lands at least one
+        step away from the drawn value.
         """
         drawn = self._drawn.get(slider)
         return drawn is not None and abs(value - drawn) < slider.step / 2 + 1e-9
 
     def _apply(self, change_state) -> None:
-        """Run one engine call; on a ValueError show it and put the controls back to the state."""
+        """Run one engine call; on a ValueError show it (naming the refused value) and redraw the state."""
         self._set_error(None)
         try:
             change_state()
@@ -180,7 +165,6 @@ class ExplorerWidget(widgets.VBox):
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        """While drawing, control observers ignore the values the drawing sets."""
         before = self._drawing
         self._local.drawing = True
         try:
@@ -193,63 +177,50 @@ class ExplorerWidget(widgets.VBox):
         self._draw()
 
     def _draw(self) -> None:
-        """Set every control and the instant numbers from ``explorer.state``, then measure."""
-        explorer, state = self.explorer, self.explorer.state
+        """Set every control from the view model, then measure the setting (inline)."""
+        explorer = self.explorer
         with self._draw_lock, self._guard():
-            spec = state.spec()
-            cost = explorer.cost(spec)
-            structured = METHODS[state.method].is_structured
-            self.method.value = state.method
-            self.n.value, self.m.value = state.n, state.m
-            self.norm.value = state.norm
-            self.skip_first_last.value = state.skip_first_last
-            self.nm_box.layout.display = None if state.method == "nm" else "none"
-            self.norm.layout.display = None if structured else "none"
-            self._draw_slider(self.sparsity, state.sparsity)
-            self.sparsity.disabled = state.method == "nm"
-            self.sparsity.tooltip = (
-                "N:M fixes the sparsity at 1 - N/M" if state.method == "nm"
-                else "Fraction of output channels removed per layer" if structured
-                else "Fraction of the prunable weights removed"
-            )
-            unit = "output channels" if structured else "weights"
-            self.layer_heading.value = (
-                f"<b>Per layer</b> (fraction of {unit} removed; drag one to set that layer by hand)"
-            )
-            values = explorer.layer_settings()
+            vm = view_model(explorer)
+            self.method.value = vm.method
+            self.method_note.value = f'<span style="font-size:12px;color:#4b5563">{html.escape(vm.description)}</span>'
+            self._draw_slider(self.sparsity, vm.sparsity.value)
+            self.sparsity.disabled = vm.sparsity.disabled
+            self.sparsity.description_tooltip = vm.sparsity.label
+            self.achieved.value = f'<span style="font-size:12px">{html.escape(vm.achieved)}</span>'
+            if vm.method != self._option_method:
+                self._option_method = vm.method
+                self.option_widgets = {o.name: self._option_widget(o) for o in vm.options}
+                for wid in self.option_widgets.values():
+                    wid.observe(self._on_option, "value")
+                self.option_box.children = list(self.option_widgets.values())
+            for option in vm.options:
+                self.option_widgets[option.name].value = option.value
+                self._drawn[self.option_widgets[option.name]] = option.value
+            self.seed.layout.display = None if vm.seed is not None else "none"
+            if vm.seed is not None:
+                self.seed.value = vm.seed.value
+                self._drawn[self.seed] = vm.seed.value
+            self.layer_heading.value = f"<b>Per-weight sparsity</b> &middot; {html.escape(vm.weights_note)}"
+            cost = explorer.cost()
             table = cost.per_layer.set_index("layer")
-            for name, slider in self.layer_sliders.items():
-                self._draw_slider(slider, values[name])
-                self.layer_readouts[name].value = layer_readout(
-                    int(table.at[name, "kept"]), int(table.at[name, "params"]), name in state.layer_sparsity
-                )
-            key = (spec, state.backend)
-            fresh = self._measured_key == key
-            self.metrics_html.value = metrics_table(cost, self._measured, self._dense, pending=not fresh)
-        if not fresh:
-            self._worker.submit(
-                functools.partial(self._evaluate, key), functools.partial(self._show, key), self._evaluation_failed
-            )
+            for s in vm.weights:
+                slider = self.layer_sliders[s.name]
+                slider.max, slider.step, slider.disabled = s.end, s.step, s.disabled
+                slider.description = s.label
+                self._draw_slider(slider, s.value)
+                self.layer_readouts[s.name].value = layer_readout(
+                    int(table.at[s.name, "kept"]), int(table.at[s.name, "params"]), s.hand_set)
+            try:
+                self._measured = explorer.evaluate()
+                dense = explorer.dense_metrics()
+            except Exception as err:  # noqa: BLE001 - shown in the widget
+                self._set_error(f"could not evaluate this setting: {err}")
+                self.metrics_html.value = metrics_table(cost, None, None, pending=True)
+            else:
+                self.metrics_html.value = metrics_table(self._measured, self._measured, dense, pending=False)
 
     def _draw_slider(self, slider: widgets.FloatSlider, value: float) -> None:
-        self._drawn[slider] = slider.value = min(value, SLIDER_MAX)
-
-    def _evaluate(self, key: tuple) -> tuple["Metrics", "Metrics"]:
-        """Dense and pruned metrics of ``key = (spec, backend)`` (runs on the worker thread)."""
-        spec, backend = key
-        return self.explorer.dense_metrics(), self.explorer.evaluate(backend=backend, spec=spec)
-
-    def _show(self, key: tuple, result: tuple["Metrics", "Metrics"]) -> None:
-        """Show a measurement if it is of the current setting (else a newer one is on its way)."""
-        dense, metrics = result
-        state = self.explorer.state
-        with self._draw_lock:
-            if key == (state.spec(), state.backend):
-                self._dense, self._measured, self._measured_key = dense, metrics, key
-                self.metrics_html.value = metrics_table(metrics, metrics, dense, pending=False)
-
-    def _evaluation_failed(self, err: BaseException) -> None:
-        self._set_error(f"could not evaluate this setting: {err}")
+        self._drawn[slider] = slider.value = min(value, slider.max)
 
     def _set_error(self, message: str | None) -> None:
         self.error = message
@@ -262,15 +233,14 @@ class ExplorerWidget(widgets.VBox):
         return self._measured
 
     def wait(self, timeout: float = 30.0) -> bool:
-        """Block until the measurement in progress is shown (scripts and tests); returns success."""
-        return self._worker.wait_idle(timeout)
+        """Measurements run inline; kept for scripts written against the threaded widget."""
+        return True
 
     def close(self) -> None:
-        """Stop following the state, stop the worker and close the controls."""
+        """Stop following the state and close the controls."""
         if getattr(self, "_watcher", None) is not None:
             self.explorer.state.param.unwatch(self._watcher)
             self._watcher = None
-            self._worker.close()
         _close_tree(self.children)
         super().close()
 

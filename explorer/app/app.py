@@ -16,15 +16,17 @@ from prunescope.explorer.app.palette import ACCENT
 from prunescope.explorer.app.plots import LayerSparsityChart, MaskView
 from prunescope.explorer.app.sensitivity_view import SensitivityView
 from prunescope.explorer.app.speed_view import SpeedView
+from prunescope.explorer.pruning import get_method
+from prunescope.explorer.viewmodel import view_model
 from prunescope.explorer.worker import LatestWorker
 from prunescope.sample_models import list_sample_models
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
-    from prunescope.explorer.metrics import Metrics
-    from prunescope.explorer.state import PruneSpec
+    from prunescope.explorer.core.cost import Metrics
+    from prunescope.explorer.core.setting import Setting
 
-_STATE_PARAMS = ["method", "sparsity", "layer_sparsity", "n", "m", "norm", "skip_first_last", "seed", "backend"]
+_STATE_PARAMS = ["setting", "backend"]
 
 
 class ExplorerApp(pn.viewable.Viewer):
@@ -47,9 +49,10 @@ class ExplorerApp(pn.viewable.Viewer):
         self._explorers: dict[str, Explorer] = {}
         self._explorer: Explorer | None = None
         self._syncing = False
+        self._free_sparsity = 0.0
         # (explorer id, spec, backend) being measured, and the one on the cards now
-        self._requested: tuple[int, PruneSpec, str] | None = None
-        self._shown: tuple[int, PruneSpec, str] | None = None
+        self._requested: tuple[int, Setting, str] | None = None
+        self._shown: tuple[int, Setting, str] | None = None
 
         self.controls = Controls(models, model, evaluation_backends())
         self.metrics = MetricsPanel()
@@ -66,11 +69,10 @@ class ExplorerApp(pn.viewable.Viewer):
     def _wire(self) -> None:
         c = self.controls
         c.model.param.watch(self._guarded(lambda e: self._select_model(e.new)), "value")
-        c.method.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
-        c.sparsity.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
+        c.method.param.watch(self._guarded(self._on_method), "value")
+        c.sparsity.param.watch(self._guarded(self._on_sparsity), "value")
         c.sparsity.param.watch(self._guarded(lambda e: self._request_evaluation()), "value_throttled")
-        for widget in (c.n, c.m, c.norm, c.skip_first_last, c.seed):
-            widget.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
+        c.seed.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
         c.backend.param.watch(self._guarded(lambda e: self._apply(lambda ex: ex.state.param.update(backend=e.new))),
                               "value")
         self.mask_view.layer_select.param.watch(self._guarded(lambda e: self._refresh_mask()), "value")
@@ -121,21 +123,27 @@ class ExplorerApp(pn.viewable.Viewer):
         self.alert.visible = False
         return True
 
-    def _prune_options(self) -> dict[str, Any]:
+    def _prune_from_controls(self, method_changed: bool = False) -> None:
+        """Prune with exactly what the controls show (a new method starts at its own defaults)."""
         c = self.controls
-        options = {"seed": c.seed.value, "skip_first_last": c.skip_first_last.value}
-        if c.method.value == "nm":
-            options.update(n=c.n.value, m=c.m.value)
-        elif c.method.value == "channel":
-            options.update(norm=c.norm.value)
-        return options
+        method = c.method.value
+        options = {} if method_changed else c.option_values()
+        if method_changed and get_method(method).uses_seed:
+            options["seed"] = c.seed.value
+        fixed = get_method(method).fixed_sparsity(dict(get_method(method).check_options(
+            {k: v for k, v in options.items() if k != "seed"})))
+        sparsity = None if fixed is not None else (self._free_sparsity if method_changed else c.sparsity.value)
+        self._apply(lambda ex: ex.prune(method, sparsity=sparsity, **options))
 
-    def _prune_from_controls(self) -> None:
-        method = self.controls.method.value
-        sparsity = None if method == "nm" else self.controls.sparsity.value
-        self._apply(lambda ex: ex.prune(method, sparsity=sparsity, **self._prune_options()))
+    def _on_method(self, event: param.parameterized.Event) -> None:
+        self._prune_from_controls(method_changed=True)
+
+    def _on_sparsity(self, event: param.parameterized.Event) -> None:
+        self._free_sparsity = event.new
+        self._prune_from_controls()
 
     def _set_layer(self, layer: str, event: param.parameterized.Event) -> None:
+        """One per-weight slider moved (``value``) or was released (``value_throttled``)."""
         if self._syncing:
             return
         if event.name == "value_throttled":
@@ -152,19 +160,17 @@ class ExplorerApp(pn.viewable.Viewer):
             self._explorers[name] = explorer
         explorer = self._explorers[name]
         if previous is not None and previous is not explorer:
-            s = previous.state  # carry the global settings over; hand-set layers belong to a model
-            options = {"seed": s.seed, "skip_first_last": s.skip_first_last}
-            options.update({"n": s.n, "m": s.m} if s.method == "nm" else
-                           {"norm": s.norm} if s.method == "channel" else {})
-            sparsity = None if s.method == "nm" else s.sparsity
-            self._apply(lambda ex: ex.prune(s.method, sparsity=sparsity, **options), explorer)
-            explorer.state.backend = s.backend
+            w = previous.setting.weights  # carry the global setting over; hand-set weights belong to a model
+            self._apply(lambda ex: ex.prune(w.method, sparsity=w.sparsity, seed=w.seed, **dict(w.options)), explorer)
+            explorer.state.backend = previous.state.backend
         self.model_name = name
         self._explorer = explorer
         sliders = self.controls.set_layers(explorer.layers)
         for layer, slider in sliders.items():
-            slider.param.watch(partial(self._set_layer, layer), ["value", "value_throttled"])
-        largest = max(explorer.profile.layers, key=lambda info: info.numel).name
+            # One watcher per parameter: a key press changes value and value_throttled in one batch.
+            slider.param.watch(partial(self._set_layer, layer), "value")
+            slider.param.watch(partial(self._set_layer, layer), "value_throttled")
+        largest = max(explorer.profile.weights, key=lambda info: info.numel).name
         self._syncing = True
         try:
             self.mask_view.layer_select.param.update(options=explorer.layers, value=largest)
@@ -187,9 +193,13 @@ class ExplorerApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------------------ views
     def _sync_controls(self) -> None:
+        vm = view_model(self._explorer)
         self._syncing = True
         try:
-            self.controls.show(self._explorer)
+            if self.controls.options_changed(vm):
+                for widget in self.controls.build_options(vm).values():
+                    widget.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
+            self.controls.show(self._explorer, vm)
         finally:
             self._syncing = False
 
@@ -220,7 +230,7 @@ class ExplorerApp(pn.viewable.Viewer):
         On a Numba backend the job first waits (on the worker thread) for the kernels' warm-up;
         meanwhile the accuracy card says so and every control stays live."""
         explorer = self._explorer
-        spec, backend = explorer.state.spec(), explorer.state.backend
+        spec, backend = explorer.setting, explorer.state.backend
         key = (id(explorer), spec, backend)
         if key == self._shown:  # e.g. dragged away and back: drop what is still on its way
             self._requested = None
@@ -236,7 +246,7 @@ class ExplorerApp(pn.viewable.Viewer):
         def job() -> tuple["Metrics", "Metrics"]:
             if warming is not None:
                 warming.result()  # re-raises a failed compile, shown in the alert
-            return explorer.dense_metrics(), explorer.evaluate(backend=backend, spec=spec)
+            return explorer.dense_metrics(), explorer.evaluate(backend=backend, setting=spec)
 
         self._dispatch.submit(
             self._worker, job,
@@ -244,9 +254,9 @@ class ExplorerApp(pn.viewable.Viewer):
             on_error=lambda err: self._evaluation_failed(key, err),
         )
 
-    def _show_evaluation(self, key: tuple[int, "PruneSpec", str], explorer: "Explorer",
+    def _show_evaluation(self, key: tuple[int, "Setting", str], explorer: "Explorer",
                          dense: "Metrics", metrics: "Metrics") -> None:
-        if explorer is not self._explorer or key != (id(explorer), explorer.state.spec(), explorer.state.backend):
+        if explorer is not self._explorer or key != (id(explorer), explorer.setting, explorer.state.backend):
             return  # a newer setting is on its way
         self._shown = key
         self._requested = None
@@ -254,7 +264,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.metrics.show_metrics(metrics, backend=key[2])
         self.sensitivity.mark_measured(metrics)
 
-    def _evaluation_failed(self, key: tuple[int, "PruneSpec", str], err: BaseException) -> None:
+    def _evaluation_failed(self, key: tuple[int, "Setting", str], err: BaseException) -> None:
         if key == self._requested:
             self._requested = None
             self.metrics.set_pending(False)

@@ -1,117 +1,134 @@
 """The sidebar: model, method and its options, the evaluation backend, the global sparsity and
-one slider per layer.
+one slider per prunable weight; all drawn from :func:`prunescope.explorer.viewmodel.view_model`.
 
-The widgets only show the session's :class:`~prunescope.explorer.state.PruningState`;
-``ExplorerApp`` turns their changes into ``Explorer.prune`` / ``set_layer_sparsity`` calls and
-calls :meth:`Controls.show` after every state change.
+The widgets only show the view model; ``ExplorerApp`` turns their changes into
+``Explorer.prune`` / ``set_layer_sparsity`` calls and calls :meth:`Controls.show` after every
+state change (with its callbacks suppressed, so an echo is never taken for user input).
 """
 
 from __future__ import annotations
 
-import html
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import panel as pn
 
 from prunescope.explorer.app.backends import BACKEND_NOTES
 from prunescope.explorer.pruning import METHODS
+from prunescope.explorer.viewmodel import MAX_SPARSITY, STEP, Option, ViewModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
 
-#: Slider range: the engine accepts sparsities in [0, 1).
-MAX_SPARSITY = 0.99
-STEP = 0.01
+_NOTE = {"font-size": "12px", "color": "#4b5563"}
 
 
 def _set(widget: pn.viewable.Viewable, **values) -> None:
-    """Update only the parameters that differ (param's own no-op check costs more than this one)."""
+    """Update only the parameters that differ."""
     changed = {k: v for k, v in values.items() if getattr(widget, k) != v}
     if changed:
         widget.param.update(**changed)
 
 
+def option_widget(option: Option) -> pn.widgets.Widget:
+    """A Panel widget for one method option."""
+    if option.kind == "select":
+        return pn.widgets.Select(name=option.label, options=list(option.choices), value=option.value,
+                                 description=option.doc or None)
+    if option.kind == "bool":
+        return pn.widgets.Checkbox(name=option.label, value=option.value)
+    if option.kind == "int":
+        low, high = option.bounds or (None, None)
+        return pn.widgets.IntInput(name=option.label, value=option.value, start=low, end=high,
+                                   description=option.doc or None)
+    if option.kind == "float":
+        low, high = option.bounds or (None, None)
+        return pn.widgets.FloatInput(name=option.label, value=option.value, start=low, end=high)
+    return pn.widgets.TextInput(name=option.label, value=str(option.value))
+
+
 class Controls:
-    """Widgets of the sidebar; ``layer_sliders`` maps each prunable layer to its slider."""
+    """Widgets of the sidebar; ``layer_sliders`` maps each prunable weight to its slider and
+    ``option_widgets`` each option of the current method to its widget."""
 
     def __init__(self, models: list[str], model: str, backends: list[str] | None = None) -> None:
-        self.model = pn.widgets.Select(label="Model", options=models, value=model)
+        self.model = pn.widgets.Select(name="Model", options=models, value=model)
         self.method = pn.widgets.Select(
-            label="Pruning method", options={m.display_name: name for name, m in METHODS.items()},
+            name="Pruning method", options={m.display_name: name for name, m in METHODS.items()},
         )
-        self.description = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"}, margin=(0, 10))
+        self.description = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
         self.sparsity = pn.widgets.FloatSlider(
-            label="Global sparsity", start=0.0, end=MAX_SPARSITY, step=STEP, value=0.0, format="0%",
+            name="Global sparsity", start=0.0, end=MAX_SPARSITY, step=STEP, value=0.0, format="0.0%",
         )
-        self.n = pn.widgets.IntInput(label="N (kept)", start=1, value=2, width=135)
-        self.m = pn.widgets.IntInput(label="M (group)", start=2, value=4, width=135)
-        self.nm_row = pn.Row(self.n, self.m, visible=False)
-        self.norm = pn.widgets.RadioButtonGroup(label="Channel norm", options={"L1 norm": "l1", "L2 norm": "l2"},
-                                                visible=False)
-        self.skip_first_last = pn.widgets.Checkbox(label="Keep first and last layer dense")
-        self.seed = pn.widgets.IntInput(label="Seed (random, SNIP)", start=0, value=0)
-        self.backend = pn.widgets.Select(label="Evaluate with", options=list(backends or ["torch"]), value="torch")
-        self.backend_note = pn.pane.HTML(BACKEND_NOTES["torch"], styles={"font-size": "12px", "color": "#4b5563"},
-                                         margin=(0, 10))
-        self.layer_note = pn.pane.HTML("", styles={"font-size": "12px", "color": "#4b5563"}, margin=(0, 10))
+        self.achieved = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
+        self.option_box = pn.Column(sizing_mode="stretch_width", margin=0)
+        self.option_widgets: dict[str, pn.widgets.Widget] = {}
+        self._option_method: str | None = None
+        self.seed = pn.widgets.IntInput(name="Seed", start=0, end=2**31 - 1, value=0)
+        self.backend = pn.widgets.Select(name="Evaluate with", options=list(backends or ["torch"]), value="torch")
+        self.backend_note = pn.pane.HTML(BACKEND_NOTES["torch"], styles=_NOTE, margin=(0, 10))
+        self.layer_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
         self.layer_box = pn.Column(sizing_mode="stretch_width")
         self.layer_sliders: dict[str, pn.widgets.FloatSlider] = {}
 
     def set_layers(self, layers: list[str]) -> dict[str, pn.widgets.FloatSlider]:
-        """Replace the per-layer sliders with one per layer of ``layers`` (returns them)."""
+        """Replace the per-weight sliders with one per weight of ``layers`` (returns them)."""
         self.layer_sliders = {
-            name: pn.widgets.FloatSlider(label=name, start=0.0, end=MAX_SPARSITY, step=STEP,
+            name: pn.widgets.FloatSlider(name=name, start=0.0, end=MAX_SPARSITY, step=STEP,
                                          value=0.0, format="0.0%", sizing_mode="stretch_width")
             for name in layers
         }
         self.layer_box.objects = list(self.layer_sliders.values())
         return self.layer_sliders
 
-    def show(self, explorer: "Explorer") -> None:
-        """Make every widget show ``explorer``'s state (callers suppress the widgets' callbacks)."""
+    def options_changed(self, vm: ViewModel) -> bool:
+        """Whether the method changed, so the option widgets must be rebuilt (callers re-watch them)."""
+        return vm.method != self._option_method
+
+    def build_options(self, vm: ViewModel) -> dict[str, pn.widgets.Widget]:
+        """New option widgets for ``vm``'s method."""
+        self._option_method = vm.method
+        self.option_widgets = {o.name: option_widget(o) for o in vm.options}
+        self.option_box.objects = list(self.option_widgets.values())
+        return self.option_widgets
+
+    def option_values(self) -> dict[str, Any]:
+        values = {name: w.value for name, w in self.option_widgets.items()}
+        if self.seed.visible:
+            values["seed"] = self.seed.value
+        return values
+
+    def show(self, explorer: "Explorer", vm: ViewModel) -> None:
+        """Make every widget show ``vm`` (callers suppress the widgets' callbacks)."""
         state = explorer.state
-        is_nm, is_channel = state.method == "nm", state.method == "channel"
         _set(self.model, value=explorer.name)
-        _set(self.method, value=state.method)
-        _set(self.description, object=METHODS[state.method].description)
-        label = "Global sparsity (1 − N/M)" if is_nm else (
-            "Channels removed per layer" if is_channel else "Global sparsity")
-        _set(self.sparsity, value=min(state.sparsity, MAX_SPARSITY), disabled=is_nm, label=label)
-        _set(self.n, value=state.n)
-        _set(self.m, value=state.m)
-        _set(self.nm_row, visible=is_nm)
-        _set(self.norm, value=state.norm, visible=is_channel)
-        _set(self.skip_first_last, value=state.skip_first_last)
-        _set(self.seed, value=state.seed)
+        _set(self.method, value=vm.method)
+        _set(self.description, object=vm.description)
+        s = vm.sparsity
+        _set(self.sparsity, value=s.value, disabled=s.disabled, name=s.label)
+        _set(self.achieved, object=vm.achieved)
+        for option in vm.options:
+            widget = self.option_widgets.get(option.name)
+            if widget is not None:
+                _set(widget, value=option.value)
+        _set(self.seed, visible=vm.seed is not None)
+        if vm.seed is not None:
+            _set(self.seed, value=vm.seed.value)
         if state.backend not in self.backend.options:  # set in Python to one not available here
             _set(self.backend, options=[*self.backend.options, state.backend])
         _set(self.backend, value=state.backend)
         _set(self.backend_note, object=BACKEND_NOTES[state.backend])
-        nm_step = 1.0 - state.n / state.m
-        values = explorer.layer_settings()
-        last = explorer.layers[-1]
-        for name, slider in self.layer_sliders.items():
-            end, step = (nm_step, nm_step) if is_nm else (MAX_SPARSITY, STEP)
-            _set(slider, start=0.0, end=end, step=step, value=min(values[name], end),
-                 label=f"{name} · set by hand" if name in state.layer_sparsity else name,
-                 disabled=is_channel and name == last)
-        if is_nm:
-            dense = [n for n in explorer.layers if explorer.masks[n].all()]
-            note = f"Each layer is dense or {state.n}:{state.m} sparse."
-            if dense and not state.layer_sparsity:
-                note += (f" Input size not a multiple of {state.m}, kept dense: "
-                         f"{', '.join(html.escape(n) for n in dense)}.")
-        elif is_channel:
-            note = "Fraction of output channels removed; the last layer's outputs are the model's outputs and stay."
-        else:
-            note = "Achieved sparsity of each layer; drag one to set it by hand."
-        _set(self.layer_note, object=note)
+        for slider_vm in vm.weights:
+            slider = self.layer_sliders.get(slider_vm.name)
+            if slider is not None:
+                _set(slider, start=slider_vm.start, end=slider_vm.end, step=slider_vm.step, value=slider_vm.value,
+                     name=slider_vm.label, disabled=slider_vm.disabled)
+        _set(self.layer_note, object=vm.weights_note)
 
     def widgets(self) -> list[pn.viewable.Viewable]:
         """The sidebar's contents, top to bottom."""
         return [
-            self.model, self.method, self.description, self.sparsity, self.nm_row, self.norm,
-            self.skip_first_last, self.seed, self.backend, self.backend_note,
-            pn.pane.HTML("<b>Per-layer sparsity</b>", margin=(12, 10, 0, 10)), self.layer_note,
+            self.model, self.method, self.description, self.sparsity, self.achieved, self.option_box,
+            self.seed, self.backend, self.backend_note,
+            pn.pane.HTML("<b>Per-weight sparsity</b>", margin=(12, 10, 0, 10)), self.layer_note,
             self.layer_box,
         ]

@@ -9,7 +9,7 @@ import panel as pn
 import param
 
 if TYPE_CHECKING:  # pragma: no cover
-    from prunescope.explorer.metrics import Cost, Metrics
+    from prunescope.explorer.core.cost import Cost, Metrics
 
 _CSS = """
 .ps-metric { font-family: system-ui, sans-serif; padding: 8px 14px; border-radius: 6px;

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import torch
 
-    from prunescope.explorer.layers import LayerInfo
+    from prunescope.explorer.core.weights import WeightInfo as LayerInfo
 
 GLOBAL_LABEL = "from the global setting"
 HAND_LABEL = "set by hand"

@@ -12,12 +12,12 @@ from bokeh.plotting import figure
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.palette import OKABE_ITO, method_style, series_colour
 from prunescope.explorer.pruning import METHODS
-from prunescope.explorer.sensitivity import Cancelled
+from prunescope.explorer.core.jobs import Cancelled
 from prunescope.explorer.worker import LatestWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
-    from prunescope.explorer.metrics import Metrics
+    from prunescope.explorer.core.cost import Metrics
     from prunescope.explorer.sensitivity import SensitivityResult
 
 _CURRENT = {"x": [], "y": [], "label": []}

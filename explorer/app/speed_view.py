@@ -12,32 +12,26 @@ import panel as pn
 from prunescope.explorer.app.backends import kernel_backends, warmup_for
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.speed_chart import SpeedChart
-from prunescope.explorer.pruning import METHODS
-from prunescope.explorer.sensitivity import Cancelled
+from prunescope.explorer.core.jobs import Cancelled
+from prunescope.explorer.core.setting import Setting
+from prunescope.explorer.pruning import get_method
 from prunescope.explorer.worker import LatestWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
     from prunescope.explorer.sparse_exec import SpeedReport
-    from prunescope.explorer.state import PruneSpec
+    from prunescope.explorer.core.setting import WeightSetting
 
 BATCH_SIZES = (1, 32, 64, 256)
 _STALE_STYLE = "color: #8a4b00; background: #fff4e0; padding: 2px 6px; border-radius: 4px"
 
 
-def describe_spec(spec: "PruneSpec") -> str:
-    """A short human name of a setting, e.g. ``LAMP 80 %`` or ``N:M semi-structured 2:4``."""
-    name = METHODS[spec.method].display_name if spec.method in METHODS else spec.method
-    if spec.method == "nm":
-        text = f"{name} {spec.n}:{spec.m}"
-    elif spec.method == "channel":
-        text = f"{name}, {100 * spec.sparsity:.0f} % of channels"
-    else:
-        text = f"{name} {100 * spec.sparsity:.0f} %"
-    if spec.overrides:
-        text += f", {len(spec.overrides)} layer{'s' if len(spec.overrides) > 1 else ''} set by hand"
-    if spec.skip_first_last:
-        text += ", first and last layer dense"
+def describe_spec(setting: "WeightSetting") -> str:
+    """One line naming a weight setting, for titles and status lines (the method describes itself)."""
+    text = get_method(setting.method).describe(setting)
+    if setting.overrides:
+        n = len(setting.overrides)
+        text += f", {n} weight{'s' if n > 1 else ''} set by hand"
     return text
 
 
@@ -109,7 +103,7 @@ class SpeedView(pn.viewable.Viewer):
         explorer = self._explorer
         if explorer is None or self.running:
             return
-        spec, backend, batch_size, repeats = (explorer.state.spec(), self.backend.value, self.batch_size.value,
+        spec, backend, batch_size, repeats = (explorer.setting.weights, self.backend.value, self.batch_size.value,
                                               self.repeats)
         warming = warmup_for(backend)
         token = threading.Event()
@@ -126,7 +120,8 @@ class SpeedView(pn.viewable.Viewer):
 
         def job() -> "SpeedReport":
             warming.result()  # re-raises a failed compile
-            return explorer.benchmark(batch_size=batch_size, backend=backend, repeats=repeats, spec=spec,
+            return explorer.benchmark(batch_size=batch_size, backend=backend, repeats=repeats,
+                                      setting=Setting(weights=spec),
                                       progress=progress, cancel=token)
 
         self._dispatch.submit(
@@ -185,15 +180,15 @@ class SpeedView(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------------------ drawing
     def _show(self, report: "SpeedReport") -> None:
-        self.chart.show(report, f"{describe_spec(report.spec)} · {self._explorer.name} · "
+        self.chart.show(report, f"{describe_spec(report.setting)} · {self._explorer.name} · "
                                 f"batch {report.batch_size} · {report.backend}")
         self.mark()
 
     def is_stale(self, report: "SpeedReport") -> bool:
         """Whether ``report`` was measured for another setting, batch size or backend than now."""
         explorer = self._explorer
-        return (report.spec, report.batch_size, report.backend) != (
-            explorer.state.spec(), self.batch_size.value, self.backend.value)
+        return (report.setting, report.batch_size, report.backend) != (
+            explorer.setting.weights, self.batch_size.value, self.backend.value)
 
     def mark(self) -> None:
         """Say whether the report on screen still describes the current setting (call on every change)."""
@@ -203,7 +198,7 @@ class SpeedView(pn.viewable.Viewer):
             return
         stale = self.is_stale(report)
         self.chart.set_stale(stale)
-        measured = f"{html.escape(describe_spec(report.spec))}</b>, batch {report.batch_size}, {report.backend}"
+        measured = f"{html.escape(describe_spec(report.setting))}</b>, batch {report.batch_size}, {report.backend}"
         if stale:
             self.status.object = (f'<span style="{_STALE_STYLE}">Measured for <b>{measured}; '
                                   "setting changed: measure again.</span>")

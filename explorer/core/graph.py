@@ -145,15 +145,13 @@ def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
 
 def _merged_range(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int, int] | None:
     """``(start, end)`` if ``after`` is ``before`` with dims ``start..end`` merged into one, else None."""
-    if len(after) > len(before):
-        return None
-    start = 0
-    while start < len(after) and before[start] == after[start]:
-        start += 1
-    end = start + len(before) - len(after)  # inclusive
-    if start >= len(after) or before[end + 1 :] != after[start + 1 :]:
-        return None
-    return (start, end) if prod(before[start : end + 1]) == after[start] else None
+    extra = len(before) - len(after)
+    for start in range(len(after) if extra >= 0 else 0):
+        end = start + extra  # inclusive
+        if before[:start] == after[:start] and before[end + 1 :] == after[start + 1 :] \
+                and prod(before[start : end + 1]) == after[start]:
+            return start, end
+    return None
 
 
 class _Analysis:
