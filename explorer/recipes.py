@@ -198,7 +198,8 @@ def _typed(value: Any, where: str, kind: str) -> Any:
         "number": isinstance(value, (int, float)) and not isinstance(value, bool),
     }[kind]
     if not ok:
-        raise ValueError(f"recipe {where} must be a {kind}, got {type(value).__name__} {value!r}")
+        article = "an" if kind == "int" else "a"
+        raise ValueError(f"recipe {where} must be {article} {kind}, got {type(value).__name__} {value!r}")
     return value
 
 
