@@ -157,9 +157,9 @@ def _merged_range(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[int,
 class _Analysis:
     """One pass over the traced graph in topological order, building the channel spaces."""
 
-    def __init__(self, gm: fx.GraphModule, params: set[str], buffers: set[str]) -> None:
+    def __init__(self, gm: fx.GraphModule, params: set[str]) -> None:
         self.modules = dict(gm.named_modules())
-        self.params, self.buffers = params, buffers
+        self.params = params
         self.parent: list[int] = []
         self.spaces: list[_Space] = []
         self.tags: dict[fx.Node, _Tag] = {}
@@ -251,7 +251,7 @@ class _Analysis:
             if attr == "shape":
                 self.shape_of[node] = (tag, len(_shape(x)))
                 return None
-            return None if attr in _SHAPE_ATTRS else f" .{attr}"
+            return None if attr in _SHAPE_ATTRS else f"attribute .{attr}"
         if node.target is operator.getitem and x in self.shape_of:
             return self.visit_shape_item(node)
         if name == "size" and tag is not None and node.op == "call_method":
@@ -464,13 +464,12 @@ def channel_groups(
     """The channel groups of ``model``: channels that must be removed together (DepGraph idea).
 
     ``example_inputs`` (a batch; its first two samples are used) give the shapes; ``weights``
-    restricts which Conv/Linear weights may lose output channels: a group with a producer outside
-    it is returned with ``prunable=False``. Groups are in the order their first producer appears
+    restricts which Conv/Linear weights may be pruned: a group with a producer (rows) or a consumer
+    (input columns) outside it is returned with ``prunable=False`` (followers are always sliced). Groups are in the order their first producer appears
     in the graph, ``index`` 0, 1, ... The model is not modified (shape propagation runs in eval
     mode without gradients).
     """
     params = {n for n, _ in model.named_parameters()}
-    buffers = {n for n, _ in model.named_buffers()}
     if weights is not None:
         unknown = sorted(set(weights) - params)
         if unknown:
@@ -484,7 +483,7 @@ def channel_groups(
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"cannot run {type(model).__name__} on example inputs of shape "
                          f"{tuple(example_inputs.shape)}: {type(exc).__name__}: {exc}") from exc
-    analysis = _Analysis(gm, params, buffers)
+    analysis = _Analysis(gm, params)
     analysis.run(gm.graph)
     allowed = None if weights is None else set(weights)
     groups: list[ChannelGroup] = []
@@ -495,7 +494,10 @@ def channel_groups(
             continue
         reasons = list(space.reasons)
         if allowed is not None:
-            reasons += [f"{m.param} is not among the prunable weights" for m in space.producers if m.param not in allowed]
+            reasons += [f"its producer {m.param} is not among the prunable weights"
+                        for m in space.producers if m.param not in allowed]
+            reasons += [f"its consumer {m.param} is not among the prunable weights (its input columns would go)"
+                        for m in space.consumers if m.param not in allowed]
         groups.append(ChannelGroup(
             index=len(groups), channels=space.channels, producers=tuple(space.producers),
             consumers=tuple(space.consumers), followers=tuple(space.followers),
