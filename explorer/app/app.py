@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.core.setting import Setting
 
 _STATE_PARAMS = ["setting", "backend"]
+#: Frame budget of the progressive estimate shown while a slider moves, in seconds.
+ESTIMATE_SECONDS = 0.1
 
 
 class ExplorerApp(pn.viewable.Viewer):
@@ -50,6 +53,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._explorer: Explorer | None = None
         self._syncing = False
         self._free_sparsity = 0.0
+        self._drag = False
         # (explorer id, spec, backend) being measured, and the one on the cards now
         self._requested: tuple[int, Setting, str] | None = None
         self._shown: tuple[int, Setting, str] | None = None
@@ -61,6 +65,11 @@ class ExplorerApp(pn.viewable.Viewer):
         self.sensitivity = SensitivityView(self._dispatch, on_error=self.show_error)
         self.speed = SpeedView(self._dispatch, on_error=self.show_error)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        #: Tabs added by the areas (tokens, geometry, tickets): ``(title, view)``; each view has
+        #: ``set_explorer(explorer)`` and ``refresh()``, called only while its tab is visible.
+        self.extra_tabs: list[tuple[str, Any]] = []
+        self.tabs = self._build_tabs()
+        self.tabs.param.watch(self._on_tab, "active")
         self._wire()
         self._select_model(model)
         self._dispatch.on_destroyed(self.close)
@@ -71,7 +80,7 @@ class ExplorerApp(pn.viewable.Viewer):
         c.model.param.watch(self._guarded(lambda e: self._select_model(e.new)), "value")
         c.method.param.watch(self._guarded(self._on_method), "value")
         c.sparsity.param.watch(self._guarded(self._on_sparsity), "value")
-        c.sparsity.param.watch(self._guarded(lambda e: self._request_evaluation()), "value_throttled")
+        c.sparsity.param.watch(self._guarded(lambda e: self._request_evaluation(full=True)), "value_throttled")
         c.seed.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
         c.backend.param.watch(self._guarded(lambda e: self._apply(lambda ex: ex.state.param.update(backend=e.new))),
                               "value")
@@ -140,16 +149,27 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _on_sparsity(self, event: param.parameterized.Event) -> None:
         self._free_sparsity = event.new
-        self._prune_from_controls()
+        with self._dragging():
+            self._prune_from_controls()
+
+    @contextlib.contextmanager
+    def _dragging(self):
+        """While a slider moves, state changes ask for the progressive estimate, not the full split."""
+        self._drag = True
+        try:
+            yield
+        finally:
+            self._drag = False
 
     def _set_layer(self, layer: str, event: param.parameterized.Event) -> None:
         """One per-weight slider moved (``value``) or was released (``value_throttled``)."""
         if self._syncing:
             return
         if event.name == "value_throttled":
-            self._request_evaluation()
+            self._request_evaluation(full=True)
             return
-        self._apply(lambda ex: ex.set_layer_sparsity(layer, event.new))
+        with self._dragging():
+            self._apply(lambda ex: ex.set_layer_sparsity(layer, event.new))
 
     def _select_model(self, name: str) -> None:
         """Show model ``name``, building its Explorer on first use with the sidebar's settings."""
@@ -178,6 +198,8 @@ class ExplorerApp(pn.viewable.Viewer):
             self._syncing = False
         self.sensitivity.set_explorer(explorer)
         self.speed.set_explorer(explorer)
+        for _title, view in self.extra_tabs:
+            view.set_explorer(explorer)
         self._refresh()
 
     @staticmethod
@@ -213,7 +235,8 @@ class ExplorerApp(pn.viewable.Viewer):
         self._refresh_mask(cost)
         self.sensitivity.mark(explorer.state.method, dict(zip(cost.per_layer["layer"], cost.per_layer["sparsity"])))
         self.speed.mark()
-        self._request_evaluation()
+        self._refresh_extra_tabs()
+        self._request_evaluation(full=not self._drag)
 
     def _refresh_mask(self, cost=None) -> None:
         explorer = self._explorer
@@ -224,14 +247,17 @@ class ExplorerApp(pn.viewable.Viewer):
         kept = int(cost.per_layer.set_index("layer").loc[layer, "kept"])
         self.mask_view.update(explorer.masks[layer], explorer.profile[layer], kept)
 
-    def _request_evaluation(self) -> None:
+    def _request_evaluation(self, full: bool = True) -> None:
         """Measure the current setting on the worker; the newest request wins, stale results are dropped.
 
-        On a Numba backend the job first waits (on the worker thread) for the kernels' warm-up;
+        While a slider moves (``full=False``) the job is the progressive estimate on a subset that
+        fits the frame budget (the full split for small models); on release, the full split. On a
+        Numba backend the job first waits (on the worker thread) for the kernels' warm-up;
         meanwhile the accuracy card says so and every control stays live."""
         explorer = self._explorer
         spec, backend = explorer.setting, explorer.state.backend
-        key = (id(explorer), spec, backend)
+        full = full or backend != "torch"
+        key = (id(explorer), spec, backend, full)
         if key == self._shown:  # e.g. dragged away and back: drop what is still on its way
             self._requested = None
             self.metrics.set_pending(False)
@@ -246,7 +272,9 @@ class ExplorerApp(pn.viewable.Viewer):
         def job() -> tuple["Metrics", "Metrics"]:
             if warming is not None:
                 warming.result()  # re-raises a failed compile, shown in the alert
-            return explorer.dense_metrics(), explorer.evaluate(backend=backend, setting=spec)
+            measured = (explorer.evaluate(backend=backend, setting=spec) if full
+                        else explorer.estimate(ESTIMATE_SECONDS, setting=spec))
+            return explorer.dense_metrics(), measured
 
         self._dispatch.submit(
             self._worker, job,
@@ -256,7 +284,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _show_evaluation(self, key: tuple[int, "Setting", str], explorer: "Explorer",
                          dense: "Metrics", metrics: "Metrics") -> None:
-        if explorer is not self._explorer or key != (id(explorer), explorer.setting, explorer.state.backend):
+        if explorer is not self._explorer or key[:3] != (id(explorer), explorer.setting, explorer.state.backend):
             return  # a newer setting is on its way
         self._shown = key
         self._requested = None
@@ -272,15 +300,40 @@ class ExplorerApp(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------------------ layout
     def _main(self) -> list[pn.viewable.Viewable]:
-        def heading(title: str, text: str) -> pn.pane.HTML:
-            return pn.pane.HTML(f"<b>{title}</b> — {text}", margin=(10, 10, 0, 10), styles={"font-size": "14px"})
+        """The cards and the alert above the tabs (they concern every tab), then the tabs."""
+        return [self.metrics, self.alert, self.tabs]
 
-        return [
-            self.metrics, self.alert, pn.Row(self.layer_chart, self.mask_view, sizing_mode="stretch_width"),
-            heading("Sensitivity", "measured accuracy when pruning more, per method and per layer"), self.sensitivity,
-            heading("Speed", "measured latency of the sparse kernels against dense torch, beside the FLOPs reduction"),
-            self.speed,
+    def _build_tabs(self) -> pn.Tabs:
+        def note(text: str) -> pn.pane.HTML:
+            return pn.pane.HTML(text, margin=(6, 10, 0, 10), styles={"font-size": "13px", "color": "#374151"})
+
+        pruning = pn.Column(
+            pn.FlexBox(self.layer_chart, self.mask_view, sizing_mode="stretch_width"), sizing_mode="stretch_width",
+        )
+        tabs = [
+            ("Pruning", pruning),
+            ("Sensitivity", pn.Column(note("Measured accuracy when pruning more, per method and per weight."),
+                                      self.sensitivity, sizing_mode="stretch_width")),
+            ("Speed", pn.Column(note("Measured latency of the sparse kernels against dense torch, beside the "
+                                     "FLOPs reduction."), self.speed, sizing_mode="stretch_width")),
         ]
+        tabs += [(title, view) for title, view in self.extra_tabs]
+        return pn.Tabs(*tabs, sizing_mode="stretch_width", dynamic=False)
+
+    @property
+    def active_tab(self) -> str:
+        """The title of the visible tab."""
+        return self.tabs._names[self.tabs.active] if self.tabs._names else ""
+
+    def _on_tab(self, event: param.parameterized.Event) -> None:
+        """Only the visible tab computes: a tab shown again catches up with the setting."""
+        self._refresh_extra_tabs()
+
+    def _refresh_extra_tabs(self) -> None:
+        active = self.active_tab
+        for title, view in self.extra_tabs:
+            if title == active and hasattr(view, "refresh"):
+                view.refresh()
 
     def template(self) -> pn.template.BootstrapTemplate:
         """The served page: Panel's BootstrapTemplate, whose CSS and JS Panel bundles and serves

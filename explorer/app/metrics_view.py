@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import panel as pn
 import param
 
+from prunescope.explorer.viewmodel import percent
+
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.core.cost import Cost, Metrics
 
@@ -56,7 +58,7 @@ class MetricCard(pn.viewable.Viewer):
 
 
 def _percent(fraction: float) -> str:
-    return f"{100 * fraction:.1f} %"
+    return percent(fraction)
 
 
 def _mflops(flops: int) -> str:
@@ -76,7 +78,7 @@ class MetricsPanel(pn.viewable.Viewer):
         self.loss = MetricCard(key="loss", title="Loss (cross-entropy)")
         self.params_nonzero = MetricCard(key="params", title="Non-zero params")
         self.flops = MetricCard(key="flops", title="MFLOPs / sample")
-        self.sparsity = MetricCard(key="sparsity", title="Weight sparsity")
+        self.sparsity = MetricCard(key="sparsity", title="Weight sparsity (achieved)")
         self.cards = [self.accuracy, self.loss, self.params_nonzero, self.flops, self.sparsity]
         self.cost: Cost | None = None
         self.metrics: Metrics | None = None
@@ -115,9 +117,16 @@ class MetricsPanel(pn.viewable.Viewer):
         """Measured accuracy and loss (and the cost they were measured at), run on ``backend``."""
         self.metrics = metrics
         self.backend = backend
-        self.accuracy.title = "Accuracy (test)" if backend == "torch" else f"Accuracy ({backend})"
+        name = metrics.metric_name.capitalize()
+        where = "test" if backend == "torch" else backend
+        if metrics.estimate:
+            self.accuracy.title = f"{name} (estimate, {metrics.samples:,} of {metrics.population:,})"
+        else:
+            self.accuracy.title = f"{name} ({where})"
+        self.loss.title = f"Loss ({metrics.loss_name})"
         self.show_cost(metrics)
-        self.accuracy.value = _percent(metrics.accuracy)
+        low, high = metrics.interval
+        self.accuracy.value = (f"≈{_percent(metrics.accuracy)}" if metrics.estimate else _percent(metrics.accuracy))
         self.loss.value = f"{metrics.loss:.3f}"
         self._notes()
         self.set_pending(False)
@@ -128,6 +137,9 @@ class MetricsPanel(pn.viewable.Viewer):
             return
         points = 100 * (self.metrics.accuracy - self.dense.accuracy)
         self.accuracy.note = f"{points:+.1f} pp"
+        if self.metrics.estimate:
+            low, high = self.metrics.interval
+            self.accuracy.note += f" · 95% CI {_percent(low)}–{_percent(high)}"
         self.loss.note = f"{self.metrics.loss - self.dense.loss:+.3f}"
 
     def __panel__(self) -> pn.viewable.Viewable:

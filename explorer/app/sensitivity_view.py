@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Callable
 
 import panel as pn
@@ -10,10 +9,10 @@ from bokeh.models import ColumnDataSource, Legend, LegendItem, Range1d
 from bokeh.plotting import figure
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.job_view import JobPanel
 from prunescope.explorer.app.palette import OKABE_ITO, method_style, series_colour
 from prunescope.explorer.pruning import METHODS
-from prunescope.explorer.core.jobs import Cancelled
-from prunescope.explorer.worker import LatestWorker
+from prunescope.explorer.sensitivity import DEFAULT_METHODS, DEFAULT_SPARSITIES
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
@@ -52,19 +51,14 @@ class SensitivityView(pn.viewable.Viewer):
         super().__init__()
         self._dispatch = dispatch
         self._on_error = on_error
-        self._worker = LatestWorker(name="prunescope-sensitivity")
-        self._cancel: threading.Event | None = None
         self._explorer: Explorer | None = None
         self.results: dict[str, SensitivityResult] = {}
         self._method = ""
-        self._last_percent = -1
 
-        self.run_button = pn.widgets.Button(label="Run sensitivity sweep", color="primary", width=190)
-        self.cancel_button = pn.widgets.Button(label="Cancel", color="default", width=90, disabled=True)
-        self.progress = pn.indicators.Progress(value=0, max=100, width=260, visible=False, margin=(18, 10))
-        self.status = pn.pane.HTML("", margin=(14, 10), styles={"font-size": "13px", "color": "#374151"})
-        self.run_button.on_click(lambda event: self.run())
-        self.cancel_button.on_click(lambda event: self.cancel())
+        self.job = JobPanel(dispatch, on_error, run_label="Run sensitivity sweep", name="sensitivity",
+                            on_run=self.run)
+        self.run_button, self.cancel_button = self.job.run_button, self.job.cancel_button
+        self.progress, self.status = self.job.progress, self.job.status
 
         self.method_source = ColumnDataSource({"xs": [], "ys": [], "label": [], "color": [], "width": []})
         self.method_points = ColumnDataSource({"x": [], "y": [], "label": [], "color": [], "marker": []})
@@ -93,7 +87,7 @@ class SensitivityView(pn.viewable.Viewer):
             line_dash="dashed", line_width=1.5, alpha=0.9,
         )
         self._layout = pn.Column(
-            pn.Row(self.run_button, self.cancel_button, self.progress, self.status),
+            self.job,
             pn.Row(pn.pane.Bokeh(self.method_figure, sizing_mode="stretch_width"),
                    pn.pane.Bokeh(self.layer_figure, sizing_mode="stretch_width"),
                    sizing_mode="stretch_width"),
@@ -110,100 +104,52 @@ class SensitivityView(pn.viewable.Viewer):
     @property
     def running(self) -> bool:
         """Whether a sweep is under way (its Cancel button is live)."""
-        return self._cancel is not None
+        return self.job.running
 
     def set_explorer(self, explorer: "Explorer") -> None:
         """Show ``explorer``'s curves if this session measured them; a sweep of another model stops."""
-        if self._explorer is not explorer and self._cancel is not None:
-            self.cancel()
         if self._explorer is not explorer:
+            self.job.cancel()
             self.mark_measured(None)
         self._explorer = explorer
         result = self.results.get(explorer.name)
         if result is None:
             self._clear()
             if not self.running:
-                self.status.object = (f"Not measured for <b>{explorer.name}</b> yet: "
-                                      "the sweep evaluates every method and every layer at 11 sparsities.")
+                self.status.object = (f"Not measured for <b>{explorer.name}</b> yet: the sweep evaluates "
+                                      f"{', '.join(DEFAULT_METHODS)} and every weight at {len(DEFAULT_SPARSITIES)} "
+                                      "sparsities (N:M has one sparsity and is a single point).")
         else:
             self._show(result)
 
     def run(self) -> None:
         """Start the sweep for the current model in the background (no-op while one runs)."""
         explorer = self._explorer
-        if explorer is None or self.running:
+        if explorer is None:
             return
         if explorer.name in self.results:
             self._show(self.results[explorer.name])
             return
-        cancel = threading.Event()
-        self._cancel = cancel
-        self._last_percent = -1
-        self.run_button.disabled = True
-        self.cancel_button.disabled = False
-        self.progress.param.update(value=0, visible=True)
-        self.status.object = f"Measuring <b>{explorer.name}</b>…"
 
-        def progress(done: int, total: int) -> None:  # on the worker thread
-            percent = int(100 * done / total)
-            if percent != self._last_percent:
-                self._last_percent = percent
-                self._dispatch(lambda: self._show_progress(cancel, done, total))
+        def done(result: "SensitivityResult") -> None:
+            self.results[explorer.name] = result
+            if explorer is self._explorer:
+                self._show(result)
 
-        def job() -> "SensitivityResult":
-            return explorer.sensitivity(progress=progress, cancel=cancel)
-
-        self._dispatch.submit(
-            self._worker, job,
-            on_done=lambda result: self._finished(explorer, cancel, result),
-            on_error=lambda err: self._failed(cancel, err),
-        )
+        self.job.start(lambda progress, cancel: explorer.sensitivity(progress=progress, cancel=cancel),
+                       done, f"Measuring <b>{explorer.name}</b>…")
 
     def cancel(self) -> None:
         """Stop the running sweep after its current evaluation."""
-        if self._cancel is not None:
-            self._cancel.set()
-            self.cancel_button.disabled = True
-            self.status.object = "Cancelling…"
+        self.job.cancel()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until no sweep runs (tests and scripts)."""
-        return self._worker.wait_idle(timeout)
+        return self.job.wait_idle(timeout)
 
     def close(self) -> None:
         """Stop the sweep and the worker thread (session ended)."""
-        if self._cancel is not None:
-            self._cancel.set()
-        self._worker.close()
-
-    def _show_progress(self, cancel: threading.Event, done: int, total: int) -> None:
-        if self._cancel is cancel and not cancel.is_set():
-            self.progress.value = int(100 * done / total)
-            self.status.object = f"Measuring: {done} of {total} evaluations"
-
-    def _idle_controls(self) -> None:
-        self._cancel = None
-        self.run_button.disabled = False
-        self.cancel_button.disabled = True
-        self.progress.visible = False
-
-    def _finished(self, explorer: "Explorer", cancel: threading.Event, result: "SensitivityResult") -> None:
-        if self._cancel is not cancel:
-            return
-        self._idle_controls()
-        self.results[explorer.name] = result
-        if explorer is self._explorer:
-            self._show(result)
-
-    def _failed(self, cancel: threading.Event, err: BaseException) -> None:
-        if self._cancel is not cancel:
-            return
-        self._idle_controls()
-        if isinstance(err, Cancelled):
-            self.status.object = f"Cancelled: {err}."
-        else:
-            self.status.object = "The sweep failed (see the alert above)."
-            self._on_error(err)
+        self.job.close()
 
     # ------------------------------------------------------------------------------ drawing
     def _clear(self) -> None:

@@ -4,18 +4,16 @@ and whole model, and say so when the result no longer matches the setting."""
 from __future__ import annotations
 
 import html
-import threading
 from typing import TYPE_CHECKING, Callable
 
 import panel as pn
 
 from prunescope.explorer.app.backends import kernel_backends, warmup_for
 from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.job_view import JobPanel
 from prunescope.explorer.app.speed_chart import SpeedChart
-from prunescope.explorer.core.jobs import Cancelled
 from prunescope.explorer.core.setting import Setting
 from prunescope.explorer.pruning import get_method
-from prunescope.explorer.worker import LatestWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
@@ -51,33 +49,25 @@ class SpeedView(pn.viewable.Viewer):
         self._dispatch = dispatch
         self._on_error = on_error
         self.repeats = repeats
-        self._worker = LatestWorker(name="prunescope-speed")
         self._explorer: Explorer | None = None
-        self._token: threading.Event | None = None  # the cancel event of the measurement under way
         self.reports: dict[str, SpeedReport] = {}
 
         backends = kernel_backends()
-        self.batch_size = pn.widgets.Select(label="Batch size", options=list(BATCH_SIZES), value=64, width=100)
-        self.backend = pn.widgets.Select(label="Kernels", options=backends, value=backends[0], width=130)
-        self.run_button = pn.widgets.Button(label="Measure speed", color="primary", width=150,
-                                            margin=(24, 10, 10, 10))
-        self.cancel_button = pn.widgets.Button(label="Cancel", width=90, disabled=True, margin=(24, 10, 10, 0))
-        self.progress = pn.indicators.Progress(value=0, visible=False, width=160, margin=(36, 10))
-        self.status = pn.pane.HTML("", margin=(30, 10, 10, 10), sizing_mode="stretch_width",
-                                   styles={"font-size": "13px", "color": "#374151"})
+        self.batch_size = pn.widgets.Select(name="Batch size", options=list(BATCH_SIZES), value=64, width=100)
+        self.backend = pn.widgets.Select(name="Kernels", options=backends, value=backends[0], width=130)
+        self.job = JobPanel(dispatch, on_error, run_label="Measure speed", name="speed", on_run=self.run)
+        self.run_button, self.cancel_button = self.job.run_button, self.job.cancel_button
+        self.progress, self.status = self.job.progress, self.job.status
         self.note = pn.pane.HTML(
             "Median of repeated runs; dense torch and the sparse model run the same batch of test images. "
             "Other work in this process (evaluation, sweeps) can slow a measurement down.",
             margin=(0, 10), styles={"font-size": "12px", "color": "#4b5563"},
         )
         self.chart = SpeedChart()
-        self.run_button.on_click(lambda event: self.run())
-        self.cancel_button.on_click(lambda event: self.cancel())
         self.batch_size.param.watch(lambda event: self.mark(), "value")
         self.backend.param.watch(lambda event: self.mark(), "value")
         self._layout = pn.Column(
-            pn.Row(self.batch_size, self.backend, self.run_button, self.cancel_button, self.progress, self.status,
-                   sizing_mode="stretch_width"),
+            pn.FlexBox(self.batch_size, self.backend, self.job, sizing_mode="stretch_width", align_items="end"),
             self.chart, self.note, sizing_mode="stretch_width",
         )
 
@@ -85,7 +75,7 @@ class SpeedView(pn.viewable.Viewer):
     @property
     def running(self) -> bool:
         """Whether a measurement is under way."""
-        return self._token is not None
+        return self.job.running
 
     def set_explorer(self, explorer: "Explorer") -> None:
         """Show ``explorer``'s last report, if this session measured one."""
@@ -101,82 +91,39 @@ class SpeedView(pn.viewable.Viewer):
     def run(self) -> None:
         """Measure the current setting at the chosen batch size and backend in the background."""
         explorer = self._explorer
-        if explorer is None or self.running:
+        if explorer is None:
             return
         spec, backend, batch_size, repeats = (explorer.setting.weights, self.backend.value, self.batch_size.value,
                                               self.repeats)
         warming = warmup_for(backend)
-        token = threading.Event()
-        self._token = token
-        self.run_button.disabled = True
-        self.cancel_button.disabled = False
-        self.progress.param.update(value=0, visible=True)
         waiting = " (the kernels are still compiling; measuring after)" if not warming.done() else ""
-        self.status.object = (f"Measuring <b>{html.escape(describe_spec(spec))}</b>, batch {batch_size}, "
-                              f"{backend}…{waiting}")
 
-        def progress(done: int, total: int) -> None:  # on the worker thread
-            self._dispatch(lambda: self._show_progress(token, done, total))
-
-        def job() -> "SpeedReport":
+        def measure(progress, cancel) -> "SpeedReport":
             warming.result()  # re-raises a failed compile
             return explorer.benchmark(batch_size=batch_size, backend=backend, repeats=repeats,
-                                      setting=Setting(weights=spec),
-                                      progress=progress, cancel=token)
+                                      setting=Setting(weights=spec), progress=progress, cancel=cancel)
 
-        self._dispatch.submit(
-            self._worker, job,
-            on_done=lambda report: self._finished(explorer, token, report),
-            on_error=lambda err: self._failed(token, err),
-        )
+        def done(report: "SpeedReport") -> None:
+            self.reports[explorer.name] = report
+            if explorer is self._explorer:
+                self._show(report)
+            else:
+                self.set_explorer(self._explorer)
+
+        self.job.start(measure, done, f"Measuring <b>{html.escape(describe_spec(spec))}</b>, batch {batch_size}, "
+                                      f"{backend}…{waiting}")
 
     def cancel(self) -> None:
-        """Stop the running measurement after the layer it is timing."""
-        if self._token is not None:
-            self._token.set()
-            self.cancel_button.disabled = True
-            self.status.object = "Cancelling…"
-
-    def _show_progress(self, token: threading.Event, done: int, total: int) -> None:
-        if self._token is token and not token.is_set():
-            self.progress.value = int(100 * done / total)
+        """Stop the running measurement after the item it is timing."""
+        self.job.cancel()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until no measurement runs (tests and scripts)."""
-        return self._worker.wait_idle(timeout)
+        return self.job.wait_idle(timeout)
 
     def close(self) -> None:
         """Stop the running measurement and the worker thread (session ended)."""
-        if self._token is not None:
-            self._token.set()
-        self._worker.close()
-
-    def _idle_controls(self) -> None:
-        self._token = None
-        self.run_button.disabled = False
-        self.cancel_button.disabled = True
-        self.progress.visible = False
-
-    def _finished(self, explorer: "Explorer", token: object, report: "SpeedReport") -> None:
-        if self._token is not token:
-            return
-        self._idle_controls()
-        self.reports[explorer.name] = report
-        if explorer is self._explorer:
-            self._show(report)
-        else:
-            self.set_explorer(self._explorer)
-
-    def _failed(self, token: object, err: BaseException) -> None:
-        if self._token is not token:
-            return
-        self._idle_controls()
-        if isinstance(err, Cancelled):
-            self.status.object = "Cancelled."
-            self.mark()
-            return
-        self.status.object = "The measurement failed (see the alert above)."
-        self._on_error(err)
+        self.job.close()
 
     # ------------------------------------------------------------------------------ drawing
     def _show(self, report: "SpeedReport") -> None:
