@@ -270,6 +270,8 @@ class _Analysis:
             return self.elementwise(node)
         if name in _POOL_FUNCS:
             return self.pool(node, tag, _POOL_FUNCS[name])
+        if name == "interpolate":
+            return self.pool(node, tag, len(_shape(x)) - 2)
         if name in _REDUCE:
             return self.reduce(node, tag)
         if name == "flatten":
@@ -309,7 +311,7 @@ class _Analysis:
         for a in operands:
             shape = _shape(a)
             if shape is None:
-                return f"of a non-tensor {a.name!r}"
+                continue  # a number (the op ran in shape propagation): broadcast to every channel
             if a in self.tags:
                 t = self.tags[a]
                 if t.dim - len(shape) != back or t.block != first.block or shape[t.dim] != out[back]:
@@ -323,6 +325,7 @@ class _Analysis:
         return None
 
     def pool(self, node: fx.Node, tag: _Tag, spatial: int) -> str | None:
+        """Pooling/resizing over the last ``spatial`` dims: channels untouched if not among them."""
         before, after = _shape(node.args[0]), _shape(node)
         if tag.block != 1 or tag.dim >= len(before) - spatial or after is None \
                 or len(after) != len(before) or after[tag.dim] != before[tag.dim]:
@@ -389,7 +392,7 @@ class _Analysis:
                 return "its weight is shared with another module"
             return self.visit_layer(node, mod, tag)
         if tag is None:
-            return None if isinstance(mod, (*_UNARY_MODULES, nn.Flatten, *_POOL_MODULES)) else ""
+            return None if isinstance(mod, (*_UNARY_MODULES, nn.Flatten, nn.Upsample, *_POOL_MODULES)) else ""
         if isinstance(mod, _UNARY_MODULES):
             return self.passthrough(node, tag)
         if isinstance(mod, _NORMS):
@@ -406,6 +409,8 @@ class _Analysis:
             return self.flatten(node, tag, mod.start_dim % rank, mod.end_dim % rank)
         if type(mod) in _POOL_MODULES:
             return self.pool(node, tag, _POOL_MODULES[type(mod)])
+        if isinstance(mod, nn.Upsample):
+            return self.pool(node, tag, len(_shape(x)) - 2)
         return ""
 
     def channels(self, tag: _Tag) -> int:

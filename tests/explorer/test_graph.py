@@ -149,6 +149,22 @@ class Mixed(nn.Module):
         return self.fc2(F.silu(self.bn(self.fc1(y))) * 2.0)  # (B, 10)
 
 
+class Sequence1d(nn.Module):
+    """Conv1d + BatchNorm1d, a float argument, interpolation and a residual 1x1 conv, max over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 3)
+        self.bn = nn.BatchNorm1d(8)
+        self.mix = nn.Conv1d(8, 8, 1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.5) -> torch.Tensor:
+        y = F.relu(self.bn(self.conv(x))) * scale  # (B, 8, L - 2)
+        y = F.interpolate(y, scale_factor=2.0)  # (B, 8, 2L - 4)
+        return self.fc(torch.amax(self.mix(y) + y, dim=-1))  # (B, 2)
+
+
 def _images(n: int = 6, channels: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, channels, 8, 8, generator=torch.Generator().manual_seed(seed))
 
@@ -243,6 +259,12 @@ def test_mixed_layers():
     assert {"bn.running_var", "fc1.bias"} <= _names(by[frozenset({"fc1"})].followers)
 
 
+def test_sequence_model_groups():
+    by = _by_producers(channel_groups(Sequence1d(), torch.randn(2, 3, 10)))
+    assert set(by) == {frozenset({"conv", "mix"}), frozenset({"fc"})}
+    assert _names(by[frozenset({"conv", "mix"})].consumers) == {"mix.weight", "fc.weight"}
+
+
 def test_weights_restricts_producers():
     model = TinyResNet()
     names = [n for n, p in model.named_parameters() if p.dim() > 1 and n != "block1.conv2.weight"]
@@ -270,6 +292,7 @@ CASES = {
     "mlp": (MLP, lambda: torch.randn(8, 20, generator=torch.Generator().manual_seed(1))),
     "mixed": (Mixed, lambda: _images(8)),
     "shapes_vit": (lambda: get_sample_model("shapes_vit").build(), lambda: get_sample_model("shapes_vit").data("test")[0][:4]),
+    "sequence1d": (Sequence1d, lambda: torch.randn(6, 3, 10, generator=torch.Generator().manual_seed(2))),
     "digits_cnn": (_digits_cnn, lambda: get_sample_model("digits_cnn").data("test")[0][:16]),
 }
 
