@@ -12,5 +12,6 @@ from prunescope.sample_models._registry import (
     register_sample_model,
 )
 from prunescope.sample_models import digits as _digits  # noqa: F401  (registers the digits models)
+from prunescope.sample_models import shapes as _shapes  # noqa: F401  (registers shapes_vit)
 
 __all__ = ["CHECKPOINTS", "SampleModel", "get_sample_model", "list_sample_models", "register_sample_model"]

@@ -15,24 +15,38 @@ CHECKPOINTS = ("trained", "init", "early")
 
 @dataclass(frozen=True)
 class SampleModel:
-    """A built-in model: how to build it, its data splits, prunable layers and checkpoints.
+    """A built-in model: how to build it, its data splits, prunable weights and checkpoints.
 
-    ``build()`` returns a freshly initialised module (seeded); ``load(checkpoint)`` returns the
-    module with shipped weights; ``data(split)`` returns ``(inputs, labels)`` tensors.
+    ``build()`` returns a freshly initialised module (seeded, the global RNG untouched);
+    ``load(checkpoint)`` returns the module with shipped weights; ``data(split)`` returns
+    ``(inputs, labels)`` tensors. ``prunable_weights`` names parameters as in
+    ``model.named_parameters()`` (e.g. ``"fc1.weight"``); ``image_shape`` is the (channels,
+    height, width) an input sample is shown as (flat inputs are reshaped to it), or None.
     """
 
     name: str
     description: str
     build: Callable[[], nn.Module]
     load_split: Callable[[str], tuple[torch.Tensor, torch.Tensor]]
-    prunable_layers: tuple[str, ...]
+    prunable_weights: tuple[str, ...]
     train_config: dict = field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = None
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def prunable_layers(self) -> tuple[str, ...]:
+        """Module names owning the prunable weights (deprecated: use ``prunable_weights``)."""
+        return tuple(name.rsplit(".", 1)[0] for name in self.prunable_weights)
 
     def data(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, labels)`` of ``split`` ('train' or 'test'), deterministic."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         return self.load_split(split)
+
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` of the training split (calibration data, retraining)."""
+        return self.data("train")
 
     def checkpoint_path(self, checkpoint: str = "trained"):
         """Path of a shipped checkpoint file (package data)."""

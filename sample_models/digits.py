@@ -71,9 +71,15 @@ class DigitsCNN(nn.Module):
         return self.fc2(x)  # (B, 10)
 
 
-def _seeded(cls: type[nn.Module]) -> nn.Module:
-    torch.manual_seed(SPLIT_SEED)
-    return cls()
+#: Label names of the digits classes.
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+
+
+def seeded_build(cls: type[nn.Module], seed: int = SPLIT_SEED, **kwargs) -> nn.Module:
+    """``cls(**kwargs)`` initialised from ``seed``; the global torch RNG state is restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(**kwargs)
 
 
 @register_sample_model
@@ -81,10 +87,12 @@ def digits_mlp() -> SampleModel:
     return SampleModel(
         name="digits_mlp",
         description="MLP 64-300-100-10 (LeNet-300-100 analogue) on scikit-learn's 8x8 digits",
-        build=lambda: _seeded(DigitsMLP),
+        build=lambda: seeded_build(DigitsMLP),
         load_split=lambda split: digits_split(split, image=False),
-        prunable_layers=("fc1", "fc2", "fc3"),
-        train_config={"epochs": 60, "lr": 1e-3, "batch_size": 64, "early_epoch": 2},
+        prunable_weights=("fc1.weight", "fc2.weight", "fc3.weight"),
+        train_config={"epochs": 60, "lr": 1e-3, "batch_size": 64},
+        image_shape=(1, 8, 8),
+        class_names=DIGIT_NAMES,
     )
 
 
@@ -93,8 +101,10 @@ def digits_cnn() -> SampleModel:
     return SampleModel(
         name="digits_cnn",
         description="CNN conv16-conv32-pool-fc64-fc10 on scikit-learn's 8x8 digits",
-        build=lambda: _seeded(DigitsCNN),
+        build=lambda: seeded_build(DigitsCNN),
         load_split=lambda split: digits_split(split, image=True),
-        prunable_layers=("conv1", "conv2", "fc1", "fc2"),
-        train_config={"epochs": 40, "lr": 2e-3, "batch_size": 64, "early_epoch": 1},
+        prunable_weights=("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"),
+        train_config={"epochs": 40, "lr": 2e-3, "batch_size": 64},
+        image_shape=(1, 8, 8),
+        class_names=DIGIT_NAMES,
     )
