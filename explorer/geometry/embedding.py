@@ -92,10 +92,10 @@ def place_neighbors(
         xb = x[start : start + block]
         approx = xb.square().sum(1, keepdim=True) - 2 * xb @ ref.T + ref_sq  # (b, n) squared
         idx = approx.topk(candidates, dim=1, largest=False).indices  # (b, c)
-        exact = (xb[:, None, :].double() - ref[idx].double()).norm(dim=2)  # (b, c)
+        exact = (xb[:, None, :] - ref[idx]).norm(dim=2)  # (b, c); exactly 0 for an identical row
         dist, order = exact.topk(k, dim=1, largest=False)
         idx = idx.gather(1, order)
-        weights = 1.0 / dist.clamp_min(1e-300)
+        weights = 1.0 / dist.double().clamp_min(1e-300)
         hit = dist[:, 0] == 0
         weights[hit] = 0.0
         weights[hit, 0] = 1.0

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prunescope.explorer.geometry import (
-    compare_geometry, features, flips, fragile_samples, geometry_sweep, robust_samples, robustness_geometry,
+    compare_geometry, corrupt, features, flips, fragile_samples, geometry_sweep, robust_samples, robustness_geometry,
 )
 
 
@@ -60,8 +60,6 @@ def test_sweep_and_comparison(mlp, digits, pruned_params):
     assert len(summary) == 2 * 5 and len(per_sample) == 2 * 5 * 120
     clean_dense = summary.query("setting == 'dense' and corruption == 'clean'").iloc[0]
     assert clean_dense["accuracy"] == pytest.approx((mlp(x).argmax(1) == y).float().mean().item())
-    from prunescope.explorer.geometry import corrupt
-
     noisy = per_sample.query("setting == 'random 60%' and corruption == 'gaussian_noise' and severity == 5")
     xc = corrupt(x, "gaussian_noise", 5, 3, (1, 8, 8))
     logits = torch.func.functional_call(mlp, pruned_params, (xc,)).detach()
