@@ -293,6 +293,9 @@ class _Analysis:
 
     def passthrough(self, node: fx.Node, tag: _Tag) -> str | None:
         before, after = _shape(node.args[0]), _shape(node)
+        others = [a for a in _flat_nodes((node.args[1:], node.kwargs)) if _shape(a) is not None]
+        if others:
+            return f"also reads tensor {others[0].name!r}"
         if after is None or before != after:
             return f"changes the shape {before} -> {after}"
         self.tags[node] = tag
@@ -327,8 +330,10 @@ class _Analysis:
     def pool(self, node: fx.Node, tag: _Tag, spatial: int) -> str | None:
         """Pooling/resizing over the last ``spatial`` dims: channels untouched if not among them."""
         before, after = _shape(node.args[0]), _shape(node)
-        if tag.block != 1 or tag.dim >= len(before) - spatial or after is None \
-                or len(after) != len(before) or after[tag.dim] != before[tag.dim]:
+        if after is None:
+            return "returns more than one tensor"
+        if tag.block != 1 or tag.dim >= len(before) - spatial or len(after) != len(before) \
+                or after[tag.dim] != before[tag.dim]:
             return "pools over the channel dimension"
         self.tags[node] = tag
         return None
@@ -381,6 +386,8 @@ class _Analysis:
         tag = self.tags.get(x) if isinstance(x, fx.Node) else None
         target = node.target
         if isinstance(mod, (nn.Linear, *_CONVS, *_NORMS)) and tag is None:
+            if _shape(x) is None or _shape(node) is None:
+                return ""
             if isinstance(mod, _CONVS) and mod.groups > 1 and mod.groups != mod.in_channels:
                 pass  # grouped conv: its input is never traced
             elif isinstance(mod, nn.Linear):

@@ -436,6 +436,8 @@ class _Odd(nn.Module):
             y = y - y.mean(1, keepdim=True)
         elif self.kind == "grouped":
             y = self.grouped(y)
+        elif self.kind == "clamp":
+            y = torch.clamp(y, min=self.grouped(x.repeat(1, 2, 1, 1)[:, :4]))
         elif self.kind == "index":
             y = y[:, :2].repeat(1, 2, 1, 1)
         return self.conv2(y).mean((2, 3))
@@ -444,6 +446,7 @@ class _Odd(nn.Module):
 @pytest.mark.parametrize("kind, op", [
     ("layernorm", "permute"), ("scale", "'scale'"), ("input_skip", "not traced"),
     ("channel_mean", "channel dimension"), ("grouped", "groups=2"), ("index", "getitem"),
+    ("clamp", "also reads tensor"),
 ])
 def test_ops_not_understood_keep_the_group_dense(kind, op):
     model = _Odd(kind)
