@@ -132,10 +132,8 @@ def check_state(state: Mapping[str, torch.Tensor], expected: Expected, filename:
         hint = " (saved from DataParallel? strip the 'module.' prefix)" if all(k.startswith("module.") for k in unexpected) else ""
         problems.append(f"unexpected keys: {_names(unexpected)}{hint}")
     out, shapes, kinds, bad = {}, [], [], []
-    for key, tensor in state.items():
-        if key not in expected:
-            continue
-        shape, dtype = expected[key]
+    for key in (k for k in expected if k in state):  # in the model's order
+        tensor, (shape, dtype) = state[key], expected[key]
         if tuple(tensor.shape) != tuple(shape):
             shapes.append(f"{key!r} is {tuple(tensor.shape)}, expected {tuple(shape)}")
             continue

@@ -140,3 +140,27 @@ def test_check_recipe_lists_differences():
     assert "made for model 'digits_mlp', this is 'digits_cnn'" in diffs[0]
     assert h[:12] in diffs[1] and other[:12] in diffs[1]
     assert "fc9.weight" in diffs[2]
+
+
+def test_recipe_round_trip_through_the_explorer():
+    """Save a setting from one explorer, load it in a fresh one: same setting, same metrics."""
+    from prunescope.explorer import Explorer
+    from prunescope.sample_models import get_sample_model
+
+    ex = Explorer.from_sample("digits_mlp")
+    fresh = Explorer.from_sample("digits_mlp")
+    own_hash = weights_hash(ex.dense_weights)
+    for change in (lambda e: e.prune("lamp", sparsity=0.8).set_layer_sparsity("fc1.weight", 0.5),
+                   lambda e: e.prune("nm", n=2, m=4),
+                   lambda e: e.prune("random", sparsity=0.6, seed=5)):
+        change(ex)
+        recipe = parse_recipe(dump_recipe(ex.setting, ex.name, own_hash, SampleRef("digits_mlp", "trained")))
+        assert check_recipe(recipe, fresh.name, weights_hash(fresh.dense_weights), fresh.weights) == []
+        fresh.set_setting(recipe.setting)
+        assert fresh.setting == ex.setting
+        a, b = ex.evaluate(), fresh.evaluate()
+        assert (a.accuracy, a.loss, a.params_nonzero) == (b.accuracy, b.loss, b.params_nonzero)
+        assert all(torch.equal(ex.masks[k], fresh.masks[k]) for k in ex.masks)
+    early = get_sample_model("digits_mlp").state_dict("early")
+    diffs = check_recipe(recipe, "digits_mlp", weights_hash({k: early[k] for k in fresh.weights}))
+    assert len(diffs) == 1 and "other weights" in diffs[0]
