@@ -102,7 +102,9 @@ def token_flops(
                 overhead += 2 * n * attention_linear_macs(block) + 4 * n * n * attn_width
         lin, att, overhead = lin / len(samples), att / len(samples), overhead / len(samples)
         if prunes:
-            overhead += strategy.selection_flops(entering, width, attn_width, has_cls)
+            heads = adapter.heads(block) if adapter.has_attention else 1
+            overhead += strategy.selection_flops(entering, kept_count(setting.keep[b], patches), width, attn_width,
+                                                 heads, has_cls)
         rows.append({
             "block": b, "name": adapter.block_names[b], "tokens": sum(samples) / len(samples),
             "dense_tokens": patches + has_cls, "linear_flops": lin, "attention_flops": att,

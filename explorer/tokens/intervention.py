@@ -87,7 +87,14 @@ class TokenRecord:
     def mass(self, block: int) -> torch.Tensor:
         return self._cat(block, "mass")
 
+    def sequence(self, block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch ``(positions, sizes)`` (B, N) of the tokens block ``block`` processed:
+        original patch index (-1: CLS, recycled, padding) and size (CLS 1, padding 0)."""
+        entry = self._blocks[block]
+        return list(zip(entry["positions"], entry["sizes"]))
+
     def attention(self, block: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch ``(attention (B, H, N, N), positions (B, N))`` of block ``block``."""
         if not self.keep_attention:
             raise ValueError("this record was made without attention=True")
         entry = self._blocks[block]
@@ -288,14 +295,17 @@ def _record(record: TokenRecord, run: _Run, adapter: TokenAdapter, module: nn.Mo
         patches=(run.valid & (run.index >= 0)).sum(1),
         mass=(run.size * run.valid).sum(1),
     )
+    positions = torch.where(run.valid, run.index, -1)
+    sizes = run.size * run.valid
+    if has_cls:
+        minus, one = positions.new_full((positions.shape[0], 1), -1), sizes.new_ones(sizes.shape[0], 1)
+        first = adapter.cls_index == 0
+        positions = torch.cat([minus, positions] if first else [positions, minus], 1)
+        sizes = torch.cat([one, sizes] if first else [sizes, one], 1)
+    record.add(b, positions=positions, sizes=sizes)
     if record.keep_attention and adapter.has_attention:
         with torch.no_grad():
-            attn = adapter.attention(module, x, run.bias)
-        positions = torch.where(run.valid, run.index, -1)
-        if has_cls:
-            minus = positions.new_full((positions.shape[0], 1), -1)
-            positions = torch.cat([minus, positions], 1) if adapter.cls_index == 0 else torch.cat([positions, minus], 1)
-        record.add(b, attention=attn, positions=positions)
+            record.add(b, attention=adapter.attention(module, x, run.bias))
 
 
 def intervention_factory(

@@ -81,8 +81,9 @@ class TokenStrategy:
     def plan(self, ctx: SelectionContext, **options: Any) -> Plan:
         raise NotImplementedError
 
-    def selection_flops(self, tokens: int, width: int, attn_width: int, has_cls: bool) -> int:
-        """Matmul FLOPs (FlopCounterMode's count) the criterion spends at a pruning block of ``tokens``."""
+    def selection_flops(self, tokens: int, kept: int, width: int, attn_width: int, heads: int, has_cls: bool) -> int:
+        """Matmul FLOPs (FlopCounterMode's count) the criterion spends at a pruning block that
+        ``tokens`` enter (CLS included) and ``kept`` patch tokens leave."""
         if not self.needs_attention:
             return 0
         return attention_score_flops(tokens, width, attn_width, has_cls)
@@ -328,8 +329,14 @@ class Merge(TokenStrategy):
         dest = torch.where(ctx.valid, dest, torch.full_like(dest, DROP))
         return Plan(dest)
 
-    def selection_flops(self, tokens: int, width: int, attn_width: int, has_cls: bool) -> int:
-        return 2 * tokens * width * attn_width  # keys; the bipartite similarity runs in float64 on the side
+    def selection_flops(self, tokens: int, kept: int, width: int, attn_width: int, heads: int, has_cls: bool) -> int:
+        flops = 2 * tokens * width * attn_width  # keys of every token
+        alive, head_dim = tokens - has_cls, attn_width // max(heads, 1)
+        while alive > kept:  # one similarity matmul per bipartite round
+            a, b = (alive + 1) // 2, alive // 2
+            flops += 2 * a * b * head_dim
+            alive -= min(alive - kept, a)
+        return flops
 
 
 @register_strategy
