@@ -312,17 +312,16 @@ class Explorer:
     def _token_adapter(self):
         from prunescope.explorer.tokens import find_adapter
 
-        return self._cache.get_or(("token-adapter",), lambda: find_adapter(self._run_model))
+        return self._cache.get_or(("token-adapter",), lambda: find_adapter(self._run_model, example=self._inputs[:1]))
 
     def intervention(self, setting: Setting | None = None, record: Any = None):
         """The token intervention of ``setting`` (a context-manager factory), or None."""
         setting = self.setting if setting is None else setting
         if setting.tokens is None or (setting.tokens.is_dense and record is None):
             return None
-        from prunescope.explorer.tokens import token_intervention
+        from prunescope.explorer.tokens import intervention_factory
 
-        adapter = self._token_adapter()
-        return lambda: token_intervention(self._run_model, adapter, setting.tokens, record=record)
+        return intervention_factory(self._run_model, self._token_adapter(), setting.tokens, record)
 
     def run(self, inputs: torch.Tensor | None = None, setting: Setting | None = None, *,
             capture: Sequence[str] = (), record: Any = None) -> ForwardResult:
@@ -349,10 +348,24 @@ class Explorer:
         masks = self.masks_for(setting)
         if setting.tokens is None or setting.tokens.is_dense:
             return cost_of(masks, self._profile, self._params_total)
-        from prunescope.explorer.tokens import weight_flops_scale
-
-        total, scale = weight_flops_scale(self, setting.tokens)
+        total, scale = self._token_flops(setting.tokens)
         return cost_of(masks, self._profile, self._params_total, flops_dense=total, flops_scale=scale)
+
+    def _token_flops(self, tokens: TokenSetting) -> tuple[int, dict[str, float]]:
+        """FLOPs per sample of the token-pruned dense model, and the factor by which each prunable
+        weight's FLOPs shrink (tokens its block processes over the dense count)."""
+        from prunescope.explorer.tokens import token_cost
+
+        adapter = self._token_adapter()
+        counted = self._cache.get_or(("token-cost", tokens),
+                                     lambda: token_cost(self._run_model, adapter, tokens, self._inputs[:1]))
+        table = counted["table"]
+        scale = {}
+        for w in self._profile.weights:
+            for name, tok, dense in zip(table["name"], table["tokens"], table["dense_tokens"]):
+                if w.name.startswith(f"{name}."):
+                    scale[w.name] = float(tok) / float(dense)
+        return int(round(counted["flops"])), scale
 
     def evaluate(self, backend: str | None = None, setting: Setting | None = None) -> Metrics:
         """The task's metric (accuracy), loss, parameters and FLOPs on the full :attr:`eval_data` (memoised)."""
@@ -484,9 +497,11 @@ class Explorer:
         if keep is None:
             self.state.setting = replace(self.setting, tokens=None)
             return self
-        from prunescope.explorer.tokens import make_token_setting
+        from prunescope.explorer.tokens import intervention_factory, make_token_setting
 
-        tokens: TokenSetting = make_token_setting(self._token_adapter(), keep, strategy, **options)
+        adapter = self._token_adapter()
+        tokens: TokenSetting = make_token_setting(strategy, keep, adapter.num_blocks, **options)
+        intervention_factory(self._run_model, adapter, tokens)  # validates against the model
         self.state.setting = replace(self.setting, tokens=tokens)
         return self
 
