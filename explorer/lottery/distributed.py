@@ -10,8 +10,13 @@ runs single-threaded and deterministic, so a Dask run equals the serial run tens
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from typing import Any, Callable, Iterator
+
+#: Seconds between checks for finished tasks (and for a cancel request).
+POLL_S = 0.02
 
 #: Environment of embedded workers, set before they import torch or numba.
 WORKER_ENV = {
@@ -100,19 +105,17 @@ class DaskExecutor:
         return len(self._futures)
 
     def next_done(self, cancel=None) -> tuple[int, Any]:
-        from distributed import wait
+        """The earliest-submitted finished task and its result (polls, so ``cancel`` is seen quickly)."""
         from prunescope.explorer.lottery.trainer import Cancelled, is_cancelled
 
         while True:
             if is_cancelled(cancel):
                 raise Cancelled("ticket search cancelled")
-            try:
-                done, _ = wait(list(self._futures), timeout=0.25, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                continue
+            done = [f for f in self._futures if f.done()]
             if done:
                 break
-        fut = min(done, key=lambda f: self._futures[f])  # deterministic pick among finished ones
+            time.sleep(POLL_S)
+        fut = min(done, key=lambda f: self._futures[f])
         handle = self._futures.pop(fut)
         return handle, fut.result()
 
@@ -159,7 +162,7 @@ def local_client(n_workers: int = 2) -> Iterator[Any]:
 
     cluster = LocalCluster(
         n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        env=dict(WORKER_ENV), silence_logs="error",
+        env=dict(WORKER_ENV), silence_logs=logging.ERROR,
     )
     client = Client(cluster, set_as_default=False)
     try:

@@ -281,6 +281,14 @@ def load_run(path: str | os.PathLike) -> TicketRun:
         if key not in config:
             raise ValueError(f"{root}/run.json lacks {key!r}: not a ticket run")
     run = TicketRun(config=config, path=root)
+    order = list(config.get("prunable", []))
+
+    def as_masks(tensors: State, where: Path) -> Masks:
+        # safetensors returns tensors in file-offset order; searches depend on the prunable order
+        if order and set(tensors) != set(order):
+            raise ValueError(f"{where} holds masks {sorted(tensors)}, not the run's prunable weights {order}")
+        return {n: tensors[n].bool() for n in (order or tensors)}
+
     for seed in config["seeds"]:
         d = root / f"seed_{seed}"
         for level in range(config["rounds"] + 1):
@@ -291,12 +299,12 @@ def load_run(path: str | os.PathLike) -> TicketRun:
                 files = meta.pop("files", {})
                 masks = read_tensors(Path(f"{stem}.safetensors"), files.get("masks"))
                 run.levels[(seed, level)] = LevelRecord(
-                    seed, level, {k: v.bool() for k, v in masks.items()}, meta,
+                    seed, level, as_masks(masks, Path(f"{stem}.safetensors")), meta,
                     _state_path=Path(f"{stem}.state.safetensors"), _state_sha=files.get("state"),
                 )
                 if "next_masks" in files and level < config["rounds"]:
                     nxt = read_tensors(d / f"level_{level + 1:03d}.safetensors", files["next_masks"])
-                    run.pending[(seed, level + 1)] = {k: v.bool() for k, v in nxt.items()}
+                    run.pending[(seed, level + 1)] = as_masks(nxt, d / f"level_{level + 1:03d}.safetensors")
             for kind in CONTROL_KINDS:
                 cpath = Path(f"{stem}.{kind}.json")
                 if cpath.is_file():
@@ -305,7 +313,7 @@ def load_run(path: str | os.PathLike) -> TicketRun:
                     run.controls[(seed, level, kind)] = meta
                     if "masks" in files:
                         cm = read_tensors(Path(f"{stem}.{kind}.safetensors"), files["masks"])
-                        run.control_masks[(seed, level)] = {k: v.bool() for k, v in cm.items()}
+                        run.control_masks[(seed, level)] = as_masks(cm, Path(f"{stem}.{kind}.safetensors"))
     for key in list(run.pending):
         if key in run.levels:
             del run.pending[key]
