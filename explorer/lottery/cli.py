@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from prunescope.explorer.lottery.imp import REWINDS
 
@@ -61,6 +62,9 @@ def run_ticket_command(args: argparse.Namespace) -> int:
 
     try:
         run = find_sample_ticket(args.model, on_record=on_record, **settings)
+    except ValueError as exc:
+        print(f"prunescope ticket: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         bar.close()
     summary = run.metrics().groupby(["kind", "level"])[["sparsity", "accuracy"]].mean()

@@ -127,3 +127,27 @@ def test_bad_search_inputs(fast):
         _search(fast, seeds=[1, 1])
     with pytest.raises(ValueError, match="unknown variant"):
         _search(fast, variant="lth2")
+
+
+def test_tables_for_the_tickets_views(fast):
+    from prunescope.explorer.lottery.overlap import mask_overlap
+    from prunescope.explorer.lottery.tables import (
+        accuracy_vs_sparsity, labelled_masks, seed_overlap_by_level, ticket_masks,
+    )
+
+    run = _search(fast, seeds=[0, 1], rounds=1)
+    curve = accuracy_vs_sparsity(run).set_index(["kind", "level"])
+    m = run.metrics()
+    assert curve.loc[("ticket", 1), "accuracy_mean"] == pytest.approx(m.query("kind == 'ticket' and level == 1")["accuracy"].mean())
+    assert curve.loc[("random", 1), "n"] == 2
+    labels = labelled_masks(run)
+    assert list(labels) == ["seed 0, level 0", "seed 0, level 1", "seed 1, level 0", "seed 1, level 1"]
+    ov = seed_overlap_by_level(run).query("level == 1 and layer == 'overall'")
+    assert ov["jaccard"].item() == pytest.approx(
+        mask_overlap(run.masks(1, 0), run.masks(1, 1)).set_index("layer").loc["overall", "jaccard"])
+    params = dict(fast["model"].named_parameters())
+    assert torch.equal(ticket_masks(run, 1, 1, params)["fc2.weight"], run.masks(1, 1)["fc2.weight"])
+    with pytest.raises(ValueError, match="does not fit this model"):
+        ticket_masks(run, -1, 0, {"fc1.weight": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match="not completed"):
+        run.masks(level=5)
