@@ -232,6 +232,8 @@ def run_figure(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         save_figure(render_data(spec.name, data, args.width, args.height), out, dpi=args.dpi)
     except ValueError as err:  # UsageError and the engine's errors on bad values
         parser.error(str(err))
+    except OSError as err:  # e.g. a sample model's checkpoint is missing: not bad input, but no traceback
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
     if csv is not None:
         save_data(data, csv)
     print(f"wrote {out}" + (f" and {csv}" if csv is not None else ""))

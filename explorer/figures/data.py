@@ -7,7 +7,8 @@ change of the engine's API is adapted in one place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,25 @@ def _engine_speed(ex: "Explorer", batch_size: int, backend: str, repeats: int,
     return ex.benchmark(batch_size=batch_size, backend=backend, repeats=repeats, progress=progress).table
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """torch's and Numba's CPU thread counts set to ``threads`` for the duration (0: unchanged)."""
+    if threads == 0:
+        yield
+        return
+    import numba
+    import torch
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+
+
 def _engine_setting(ex: "Explorer") -> str:
     """The current pruning setting in words (for captions)."""
     weights = getattr(getattr(ex, "setting", None), "weights", None) or getattr(ex, "state", None)
@@ -90,7 +110,7 @@ _SPARSITIES = Option("sparsities", "floats", SWEEP_SPARSITIES, "Sparsities of th
 
 @register_figure(
     "sensitivity", "Measured top-1 accuracy vs weight sparsity, one curve per pruning method",
-    draw=draw.draw_sensitivity, long=True, shows_setting=False,
+    draw=draw.draw_sensitivity, long=True, shows_setting=False, height={"single": 2.6, "double": 2.6},
     options=(
         Option("methods", "strs", SWEEP_METHODS, "Pruning methods swept (registered criteria)"),
         _SPARSITIES,
@@ -115,6 +135,7 @@ def sensitivity_data(ex: "Explorer", *, methods: tuple[str, ...], sparsities: tu
 @register_figure(
     "layer_sensitivity", "Measured top-1 accuracy when one layer alone is pruned by magnitude, one curve per layer",
     draw=draw.draw_layer_sensitivity, long=True, shows_setting=False, options=(_SPARSITIES,),
+    height=draw.layer_sensitivity_height,
 )
 def layer_sensitivity_data(ex: "Explorer", *, sparsities: tuple[float, ...],
                            progress: Progress | None = None) -> pd.DataFrame:
@@ -134,7 +155,7 @@ def layer_sensitivity_data(ex: "Explorer", *, sparsities: tuple[float, ...],
 # ------------------------------------------------------------------------------ one setting
 @register_figure(
     "allocation", "Per-layer sparsity (or kept weights) of the current pruning setting",
-    draw=draw.draw_allocation,
+    draw=draw.draw_allocation, height=draw.allocation_height,
     options=(Option("quantity", "str", "sparsity", "Bar height: 'sparsity' (% removed) or 'kept' (weights kept vs dense)",
                     choices=("sparsity", "kept")),),
 )
@@ -187,22 +208,25 @@ def mask_data(ex: "Explorer", *, layer: str | None) -> pd.DataFrame:
 
 @register_figure(
     "speed", "Measured latency of dense torch vs the sparse kernels per layer and for the whole model",
-    draw=draw.draw_speed, long=True, height={"single": 2.4, "double": 2.6},
+    draw=draw.draw_speed, long=True, height=draw.speed_height,
     options=(
         Option("quantity", "str", "latency", "'latency' (dense vs sparse, ms) or 'speedup' (measured vs FLOPs reduction)",
                choices=("latency", "speedup")),
         Option("batch_size", "int", 64, "Inputs per timed forward", bounds=(1, 4096)),
         Option("repeats", "int", 20, "Timed runs per item (the median is shown)", bounds=(1, 10000)),
         Option("backend", "str", "numba-cpu", "Sparse kernel backend", choices=("numba-cpu", "numba-cuda")),
+        Option("threads", "int", 0, "CPU threads of torch and Numba while timing (0: as configured; "
+               "1 gives fair numbers on a busy machine)", bounds=(0, 1024)),
     ),
 )
-def speed_data(ex: "Explorer", *, quantity: str, batch_size: int, repeats: int, backend: str,
+def speed_data(ex: "Explorer", *, quantity: str, batch_size: int, repeats: int, backend: str, threads: int,
                progress: Progress | None = None) -> pd.DataFrame:
     """One row per bar. ``quantity='latency'``: layer, format, execution ('dense torch' / 'sparse
     kernels'), latency_ms. ``'speedup'``: layer, format, estimate ('measured' / 'theoretical'),
     speedup_x (dense time over sparse time; theoretical = FLOPs reduction). The whole forward pass
     is the last layer, named 'whole model'."""
-    table = _engine_speed(ex, batch_size, backend, repeats, progress)
+    with cpu_threads(threads):
+        table = _engine_speed(ex, batch_size, backend, repeats, progress)
     layers = [WHOLE_MODEL if name == "model" else str(name) for name in table["layer"]]
     if quantity == "latency":
         pairs = (("dense torch", "dense_ms"), ("sparse kernels", "sparse_ms"))
@@ -214,4 +238,4 @@ def speed_data(ex: "Explorer", *, quantity: str, batch_size: int, repeats: int, 
             for name, fmt, values in zip(layers, table["format"], table.itertuples(index=False))
             for label, source in pairs for value in [getattr(values, source)]]
     return _attrs(pd.DataFrame(rows), ex, quantity=quantity, batch_size=batch_size, backend=backend,
-                  repeats=repeats)
+                  repeats=repeats, threads=threads)

@@ -115,18 +115,26 @@ class Option:
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """A registered figure. ``height`` is in inches per width (``{'single': h, 'double': h}``);
-    ``shows_setting`` says whether the figure depends on the explorer's current pruning setting
-    (a sweep does not)."""
+    """A registered figure. ``height`` is in inches per width (``{'single': h, 'double': h}``), or
+    a function ``(data, width) -> inches`` for figures that grow with their data (one bar per
+    layer); ``shows_setting`` says whether the figure depends on the explorer's current pruning
+    setting (a sweep does not)."""
 
     name: str
     description: str
     data: Callable[..., "pd.DataFrame"]
     draw: Callable[["pd.DataFrame", Any], None]
     options: tuple[Option, ...] = ()
-    height: Mapping[str, float] = field(default_factory=lambda: {"single": 2.3, "double": 2.6})
+    height: Mapping[str, float] | Callable[["pd.DataFrame", str], float] = field(
+        default_factory=lambda: {"single": 2.3, "double": 2.6})
     long: bool = False
     shows_setting: bool = True
+
+    def height_for(self, data: "pd.DataFrame", width: str) -> float:
+        """The figure's height in inches for ``data`` at ``width``."""
+        if callable(self.height):
+            return float(self.height(data, width))
+        return float(self.height.get(width, 2.4))
 
     def option(self, name: str) -> Option | None:
         """The declared option ``name``, or None."""
@@ -150,7 +158,8 @@ _loaded = False
 
 
 def register_figure(name: str, description: str, *, draw: Callable[["pd.DataFrame", Any], None],
-                    options: tuple[Option, ...] = (), height: Mapping[str, float] | None = None,
+                    options: tuple[Option, ...] = (),
+                    height: Mapping[str, float] | Callable[["pd.DataFrame", str], float] | None = None,
                     long: bool = False, shows_setting: bool = True) -> Callable:
     """Decorator registering a data function as figure ``name`` (see the module docstring)."""
     if not name.isidentifier():
@@ -159,7 +168,7 @@ def register_figure(name: str, description: str, *, draw: Callable[["pd.DataFram
     def decorate(data: Callable[..., "pd.DataFrame"]) -> Callable[..., "pd.DataFrame"]:
         FIGURES[name] = FigureSpec(
             name=name, description=description, data=data, draw=draw, options=tuple(options),
-            height=dict(height) if height else {"single": 2.3, "double": 2.6},
+            height=height if callable(height) else dict(height) if height else {"single": 2.3, "double": 2.6},
             long=long, shows_setting=shows_setting,
         )
         return data

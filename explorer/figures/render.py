@@ -57,7 +57,7 @@ def render_data(name: str, data: "pd.DataFrame", width: str = "single", height: 
     from matplotlib.figure import Figure
 
     spec = get_figure(name)
-    size = figure_size(width, height if height is not None else spec.height.get(width, 2.4))
+    size = figure_size(width, height if height is not None else spec.height_for(data, width))
     with matplotlib.rc_context(paper_rc()):
         fig = Figure(figsize=size)
         FigureCanvasAgg(fig)
