@@ -157,9 +157,15 @@ def main() -> None:
           "| first fit incl. JIT s (fresh process, empty Numba cache) | fit again in that process s "
           "| fit with warm disk cache s (fresh process) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    models = []
     for name in args.models:
         spec = get_sample_model(name)
-        model, (x, _) = spec.load(), spec.data("test")
+        try:
+            model, (x, _) = spec.load(), spec.data("test")
+        except FileNotFoundError as missing:
+            print(f"| {name} | skipped: {missing} |")
+            continue
+        models.append(name)
         dims = capture(model, {}, x[:1], [default_layer(model, x)]).features[default_layer(model, x)].shape[1]
         umap_ms, pca_ms = refresh_times(name, args.releases)
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as numba_cache:
@@ -174,7 +180,7 @@ def main() -> None:
           " agreement of the 10 nearest reference points, feature space vs embedding)\n")
     print("| model | features | placement | ms | displacement | knn agreement |")
     print("|---|---|---|---:|---:|---:|")
-    for name in args.models:
+    for name in models:
         for row in placement_rows(name):
             print(f"| {row['model']} | {row['features']} | {row['placement']} | {row['ms']:.2f} "
                   f"| {row['displacement']:.4f} | {row['knn']:.3f} |")

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from prunescope.explorer.core.jobs import check_cancel
+
 METHODS = ("umap", "pca")
 PLACEMENTS = ("neighbors", "transform")
 #: Version of the on-disk format; part of every key.
@@ -222,7 +224,8 @@ def fit_embedding(
     when the same features and options were fitted before (``cache_hit``).
 
     UMAP needs ``2 <= n_neighbors < samples``. ``progress(done, 3)`` reports key, lookup and
-    fit; ``cancel`` (an Event) raises ``Cancelled`` between them (the fit itself is one call).
+    fit; setting ``cancel`` (an Event) raises :class:`~prunescope.explorer.core.jobs.Cancelled`
+    between them (the UMAP fit itself is one uninterruptible call).
     """
     if method not in METHODS:
         raise ValueError(f"unknown embedding method {method!r}; known: {', '.join(METHODS)}")
@@ -233,10 +236,7 @@ def fit_embedding(
     n = len(x)
 
     def step(done: int) -> None:
-        if cancel is not None and cancel.is_set():
-            from prunescope.explorer.geometry.robustness import _cancelled
-
-            raise _cancelled(f"embedding fit cancelled at step {done} of 3")
+        check_cancel(cancel, "embedding fit", done, 3)
         if progress is not None:
             progress(done, 3)
 

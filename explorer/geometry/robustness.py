@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from prunescope.explorer.core.jobs import Cancelled
 from prunescope.explorer.geometry.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from prunescope.explorer.geometry.features import capture, classifier_weight, default_layer
 
@@ -111,7 +112,7 @@ def geometry_sweep(
     Returns ``(summary, per_sample)``: the :func:`compare_geometry` table, and the per-sample
     geometry with ``setting, corruption, severity`` columns in front. Each corrupted copy is made
     once (seeded) and shared by all settings. ``progress(done, total)`` after each forward;
-    setting ``cancel`` raises ``Cancelled`` before the next one.
+    setting ``cancel`` raises :class:`~prunescope.explorer.core.jobs.Cancelled` before the next one.
     """
     if not 1 <= len(params_by_setting) <= MAX_SETTINGS:
         raise ValueError(f"compare 1 to {MAX_SETTINGS} settings, got {len(params_by_setting)}")
@@ -124,7 +125,7 @@ def geometry_sweep(
         data = inputs if corruption == "clean" else corrupt(inputs, corruption, severity, seed, image_shape, value_range)
         for setting, params in params_by_setting.items():
             if cancel is not None and cancel.is_set():
-                raise _cancelled(f"geometry sweep cancelled after {done} of {total} forwards")
+                raise Cancelled(f"geometry sweep cancelled after {done} of {total} forwards")
             result = capture(model, params, data, [spec], intervention=interventions.get(setting), batch_size=batch_size)
             runs[setting][(corruption, severity)] = (result.features[spec], result.logits)
             done += 1
@@ -184,11 +185,3 @@ def robust_samples(dense_geo: pd.DataFrame, pruned_geo: pd.DataFrame, k: int = 1
     kept = joined[joined["flip"] == "stayed_correct"]
     return kept.sort_values(["margin_drop", "sample"], kind="stable").head(k).reset_index(drop=True)
 
-
-def _cancelled(message: str) -> Exception:
-    """The project's ``Cancelled`` exception (it lives with the job mechanism)."""
-    try:
-        from prunescope.explorer.core.jobs import Cancelled  # type: ignore[attr-defined]
-    except ImportError:
-        from prunescope.explorer.sensitivity import Cancelled
-    return Cancelled(message)

@@ -137,7 +137,7 @@ def test_env_cache_dir_progress_and_no_global_rng(cache_env, dense_feats):
 def test_cancel_before_the_fit(dense_feats, tmp_path):
     import threading
 
-    from prunescope.explorer.sensitivity import Cancelled
+    from prunescope.explorer.core.jobs import Cancelled
 
     event = threading.Event()
     event.set()

@@ -48,6 +48,15 @@ def test_classifier_and_prunable_layers_of_the_cnn():
     assert conv.shape == (10, 16 * 8 * 8)
 
 
+def test_vit_default_is_the_pre_logits_cls_token():
+    spec = get_sample_model("shapes_vit")
+    model, (x, _) = spec.build().eval(), spec.data("test")  # architecture only: random init suffices
+    assert default_layer(model, x) == "head:input"
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x[:16]), pre_logits=True)
+    assert torch.allclose(features(model, {}, x[:16], batch_size=5), expected, atol=1e-5)
+
+
 def test_classifier_weight_prefers_swapped_in_params(mlp, pruned_params):
     assert torch.equal(classifier_weight(mlp, pruned_params, "fc3:input"), pruned_params["fc3.weight"])
     assert torch.equal(classifier_weight(mlp, {}, "fc3"), mlp.fc3.weight.detach())

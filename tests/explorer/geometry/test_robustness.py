@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from prunescope.explorer.core.jobs import Cancelled
 from prunescope.explorer.geometry import (
     compare_geometry, corrupt, features, flips, fragile_samples, geometry_sweep, robust_samples, robustness_geometry,
 )
@@ -70,6 +72,10 @@ def test_sweep_and_comparison(mlp, digits, pruned_params):
     for row in summary.itertuples():
         assert row.accuracy == pytest.approx(means.loc[(row.setting, row.corruption, row.severity), "correct"])
         assert row.mean_margin == pytest.approx(means.loc[(row.setting, row.corruption, row.severity), "margin"])
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled, match="after 0 of"):
+        geometry_sweep(mlp, settings, x, y, cancel=stop, image_shape=(1, 8, 8))
     too_many = {f"s{i}": {} for i in range(5)}
     with pytest.raises(ValueError, match="compare 1 to 4 settings, got 5"):
         geometry_sweep(mlp, too_many, x, y)
