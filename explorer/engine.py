@@ -505,6 +505,20 @@ class Explorer:
         self.state.setting = replace(self.setting, tokens=tokens)
         return self
 
+    # ----------------------------------------------------------------------------- figures
+    def figure(self, name: str, width: str = "single", **options: Any):
+        """The paper figure ``name`` of the current setting as a matplotlib Figure (see
+        ``prunescope.explorer.figures.list_figures()``); the same data the app draws."""
+        from prunescope.explorer.figures import render
+
+        return render(name, self, width=width, **options)
+
+    def figure_data(self, name: str, **options: Any):
+        """The tidy table behind figure ``name`` (what its CSV export holds)."""
+        from prunescope.explorer.figures import figure_data
+
+        return figure_data(name, self, **options)
+
     # ----------------------------------------------------------------------------- views
     def widget(self):
         """An ipywidgets view of this explorer for Jupyter (same state object)."""
