@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from prunescope.explorer.app import ExplorerApp
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (use with ``pytestmark = pytest.mark.usefixtures(...)``).
+
+    On a shared machine with more busy processes than cores, OpenMP's threads spin at barriers and
+    a tiny matmul can take 50x longer; tests of time budgets and fast suites need neither."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _close_app(app: ExplorerApp) -> None:

@@ -17,6 +17,8 @@ from prunescope.explorer.core.compact import count_flops
 from prunescope.explorer.core.setting import DENSE
 from prunescope.explorer.pruning import METHODS, get_method
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SAMPLES = 96
 CLASSES = 5
 

@@ -14,6 +14,9 @@ from torch import nn
 from prunescope.explorer import Explorer
 from prunescope.explorer.pruning import METHODS, get_method
 
+# Time budgets are about the engine, not about OpenMP threads spinning on a shared machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 class WideCNN(nn.Module):
     """Two 3x3 convs (32, 64 channels) on 3x16x16 images, a linear head: ~2.8 MFLOPs per image."""
@@ -28,16 +31,6 @@ class WideCNN(nn.Module):
         x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)  # (B, 32, 8, 8)
         x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)  # (B, 64, 4, 4)
         return self.fc(x.flatten(1))  # (B, 10)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Time budgets are about the engine, not about OpenMP: with more threads than free cores (a
-    shared CI machine) a tiny matmul can take 50x longer while its threads spin at a barrier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _seeded(seed: int, make):
