@@ -6,7 +6,9 @@ Pure formatting of numbers the engine computed; nothing here computes a metric.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
+
+from prunescope.explorer.viewmodel import percent
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.core.cost import Cost, Metrics
@@ -40,8 +42,8 @@ def _cell(key: str, value: float | None, text: str, pending: bool = False, dense
 
 
 _ROWS = (  # label, Metrics field, format; the FLOPs row gets the reduction factor added
-    ("Weight sparsity", "sparsity", "{:.1%}"),
-    ("Accuracy", "accuracy", "{:.2%}"),
+    ("Weight sparsity", "sparsity", percent),  # rounded as in every view
+    ("Accuracy", "accuracy", percent),
     ("Loss (cross-entropy)", "loss", "{:.4f}"),
     ("Nonzero parameters", "params_nonzero", "{:,}"),
     ("FLOPs per sample", "flops_effective", None),
@@ -49,8 +51,10 @@ _ROWS = (  # label, Metrics field, format; the FLOPs row gets the reduction fact
 _MEASURED = {"accuracy", "loss"}
 
 
-def _text(fmt: str | None, value: float) -> str:
-    return f"{si(value)}FLOP" if fmt is None else fmt.format(value)
+def _text(fmt: str | Callable[[float], str] | None, value: float) -> str:
+    if fmt is None:
+        return f"{si(value)}FLOP"
+    return fmt(value) if callable(fmt) else fmt.format(value)
 
 
 def metrics_table(cost: "Cost", measured: "Metrics | None", dense: "Metrics | None", pending: bool) -> str:

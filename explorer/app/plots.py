@@ -19,6 +19,7 @@ from bokeh.models import (
 from bokeh.plotting import figure
 
 from prunescope.explorer.app.palette import GLOBAL_BAR, HAND_BAR, KEPT, PRUNED
+from prunescope.explorer.viewmodel import percent
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -91,7 +92,7 @@ class LayerSparsityChart(pn.viewable.Viewer):
             "sparsity_pct": [100 * s for s in sparsity],
             "flops_dense": [int(v) for v in per_layer["flops_dense"]],
             "flops_effective": [int(v) for v in per_layer["flops_effective"]],
-            "label": [f"{100 * s:.1f}%" for s in sparsity],
+            "label": [percent(s) for s in sparsity],
             "origin": [HAND_LABEL if h else GLOBAL_LABEL for h in hand],
             "color": [HAND_BAR if h else GLOBAL_BAR for h in hand],
         }
