@@ -38,12 +38,23 @@ def _tensors_for_file(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 # ------------------------------------------------------------------------------------ masks
+def _parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """``{parameter name: shape}``, a parameter pruned by ``torch.nn.utils.prune`` under its own name
+    (``fc1.weight`` for ``fc1.weight_orig`` + ``fc1.weight_mask``)."""
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    for name in list(shapes):
+        if name.endswith("_orig") and name[: -len("_orig")] + "_mask" in buffers:
+            shapes[name[: -len("_orig")]] = shapes.pop(name)
+    return shapes
+
+
 def check_masks(masks: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> None:
     """Raise ``ValueError`` unless ``masks`` are boolean tensors keyed by parameter names of ``model``
     with the parameters' shapes (without ``model`` only the types are checked)."""
     if not isinstance(masks, Mapping) or not masks:
         raise ValueError("masks must be a non-empty dict {parameter name: BoolTensor}")
-    params = dict(model.named_parameters()) if model is not None else None
+    params = _parameter_shapes(model) if model is not None else None
     problems = []
     for name, mask in masks.items():
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
@@ -51,8 +62,8 @@ def check_masks(masks: Mapping[str, torch.Tensor], model: nn.Module | None = Non
             problems.append(f"{name!r} is {what}, must be a torch.bool tensor")
         elif params is not None and name not in params:
             problems.append(f"{name!r} is not a parameter of the model")
-        elif params is not None and tuple(mask.shape) != tuple(params[name].shape):
-            problems.append(f"{name!r} has shape {tuple(mask.shape)}, the parameter {tuple(params[name].shape)}")
+        elif params is not None and tuple(mask.shape) != params[name]:
+            problems.append(f"{name!r} has shape {tuple(mask.shape)}, the parameter {params[name]}")
     if problems:
         known = f"; parameters: {', '.join(params)}" if params is not None else ""
         raise ValueError("bad masks: " + "; ".join(problems) + known)

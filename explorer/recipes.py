@@ -32,6 +32,11 @@ RECIPE_VERSION = 1
 #: The value of the ``format`` key that marks a document as a Prunescope recipe.
 RECIPE_FORMAT = "prunescope-recipe"
 
+#: Longest recipe text accepted (a recipe is a few hundred bytes; this bounds what an upload can cost).
+MAX_RECIPE_CHARS = 262_144
+#: Deepest nesting accepted (a recipe nests 4 deep; PyYAML's pure-Python parser is quadratic in it).
+MAX_RECIPE_DEPTH = 32
+
 _TOP_KEYS = {"format", "version", "model", "weights", "tokens"}
 _MODEL_KEYS = {"name", "sample", "weights_sha256"}
 _SAMPLE_KEYS = {"name", "checkpoint"}
@@ -166,17 +171,43 @@ def _read_text(text_or_path: str | os.PathLike) -> tuple[str, str]:
     return text_or_path, "auto"
 
 
+def _check_depth(text: str) -> None:
+    """Refuse brackets nested (or lines indented) deeper than a recipe ever is, before parsing."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
+    if deepest > MAX_RECIPE_DEPTH or indent > 4 * MAX_RECIPE_DEPTH:
+        raise ValueError(f"the recipe is nested too deeply (at most {MAX_RECIPE_DEPTH} levels)")
+
+
 def _load_document(text: str, kind: str) -> Any:
-    if kind == "json" or (kind == "auto" and text.lstrip().startswith("{")):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"the recipe is not valid JSON: {err}") from None
-    yaml = _yaml()
+    if len(text) > MAX_RECIPE_CHARS:
+        raise ValueError(f"the recipe is {len(text)} characters; at most {MAX_RECIPE_CHARS} are read")
+    _check_depth(text)
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"the recipe is neither JSON nor valid YAML: {err}") from None
+        if kind == "json" or (kind == "auto" and text.lstrip().startswith("{")):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"the recipe is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
+        yaml = _yaml()
+        try:
+            # Aliases could make a small text a huge structure: recipes never need them.
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when there
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
+                raise ValueError("the recipe uses YAML aliases (*name); write the values out")
+            return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            raise ValueError(f"the recipe is neither JSON nor valid YAML: {getattr(err, 'problem', None) or 'syntax error'}{at}") from None
+    except RecursionError:
+        raise ValueError("the recipe is nested too deeply") from None
 
 
 def _section(doc: Any, where: str, required: set[str], optional: Collection[str] = ()) -> dict[str, Any]:
@@ -264,9 +295,32 @@ def recipe_from_dict(doc: Any) -> Recipe:
 
 
 def parse_recipe(text_or_path: str | os.PathLike) -> Recipe:
-    """A :class:`Recipe` from its text (JSON or YAML) or from a ``.json``/``.yaml`` file's path."""
+    """A :class:`Recipe` from its text (JSON or YAML) or from a ``.json``/``.yaml`` file's path.
+
+    A one-line string that is not JSON is taken as a path: for text from a browser use
+    :func:`parse_recipe_text`, which never touches the file system.
+    """
     text, kind = _read_text(text_or_path)
-    return recipe_from_dict(_load_document(text, kind))
+    return _parse(text, kind)
+
+
+def parse_recipe_text(text: str | bytes) -> Recipe:
+    """A :class:`Recipe` from its text only (uploads: never read as a path); bytes are UTF-8."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"the recipe is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    if not isinstance(text, str):
+        raise ValueError(f"recipe text must be str or bytes, got {type(text).__name__}")
+    return _parse(text, "auto")
+
+
+def _parse(text: str, kind: str) -> Recipe:
+    try:
+        return recipe_from_dict(_load_document(text, kind))
+    except RecursionError:
+        raise ValueError("the recipe is nested too deeply") from None
 
 
 def check_recipe(recipe: Recipe, model_name: str, weights_hash: str,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import zipfile
 from typing import Any, Mapping
 
 import torch
@@ -78,6 +79,22 @@ def _read_safetensors(data: bytes, filename: str) -> dict[str, torch.Tensor]:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise UploadError(f"{filename!r} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+
+
+def _check_zip(data: bytes, filename: str, max_bytes: int) -> None:
+    """A torch.save zip must store its records uncompressed and unpack to at most ``max_bytes``
+    (``torch.save`` writes them so; a compressed record could unpack to far more than was uploaded)."""
+    try:
+        infos = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise UploadError(f"{filename!r} is not a readable torch.save file (truncated or corrupt?): {err}") from None
+    compressed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise UploadError(f"{filename!r} has compressed records ({_names(compressed)}); torch.save stores them "
+                          f"uncompressed: upload the file torch.save wrote, or safetensors:\n{SAFETENSORS_SNIPPET}")
+    unpacked = sum(i.file_size for i in infos)
+    if unpacked > max_bytes:
+        raise UploadError(f"{filename!r} unpacks to {_mib(unpacked)}; the upload limit is {_mib(max_bytes)}")
 
 
 def _read_torch(data: bytes, filename: str) -> Any:
@@ -163,7 +180,7 @@ def load_uploaded_weights(data: bytes, filename: str, expected: Expected, max_by
 
     ``filename`` picks the reader: ``.safetensors`` or a ``.pt``/``.pth``/``.bin`` state dict read
     with ``torch.load(BytesIO(data), weights_only=True)``; parsing is from memory, nothing touches
-    disk. Files over ``max_bytes`` are refused before parsing; a pickled model (or any pickled
+    disk. Files over ``max_bytes`` (or torch.save zips unpacking to more) are refused before parsing; a pickled model (or any pickled
     object other than tensors) is refused without being unpickled, with what to upload instead.
     Every refusal is an :class:`UploadError` (a ``ValueError``) saying what was wrong.
     """
@@ -182,6 +199,8 @@ def load_uploaded_weights(data: bytes, filename: str, expected: Expected, max_by
     if suffix in SAFETENSORS_SUFFIXES:
         state = _read_safetensors(data, name)
     elif suffix in TORCH_SUFFIXES:
+        if data[:2] == b"PK":
+            _check_zip(data, name, max_bytes)
         state = _as_state(_read_torch(data, name), name)
     else:
         raise UploadError(f"{name!r}: unknown file type {suffix or '(none)'}; upload "

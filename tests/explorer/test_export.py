@@ -220,3 +220,46 @@ def test_explorer_masks_applied_with_custom_from_mask_reproduce_its_logits(metho
     with torch.no_grad():
         assert torch.allclose(user.eval()(x), ex.logits(), atol=1e-5)
     assert not torch.allclose(ex.logits(), Explorer.from_sample("digits_cnn").logits(), atol=1e-3)
+
+
+def test_save_compacted_of_a_graph_compacted_cnn(tmp_path, digits):
+    """digits_cnn with half the channels of each prunable group removed (core.graph + core.compact):
+    the saved program and state dict give the masked-dense logits within 1e-5."""
+    from prunescope.explorer.core.compact import compact_model, group_masks, group_scores
+    from prunescope.explorer.core.graph import channel_groups
+
+    x = digits[0].reshape(-1, 1, 8, 8)
+    spec = get_sample_model("digits_cnn")
+    model = spec.load()
+    dense = {k: v.detach().clone() for k, v in model.named_parameters()}
+    groups = channel_groups(model, x[:2], weights=[f"{n}.weight" for n in spec.prunable_layers])
+    scores = group_scores(groups, dense)
+    keep = {}
+    for i, s in scores.items():
+        k = torch.zeros(len(s), dtype=torch.bool)
+        k[torch.argsort(s, descending=True)[: len(s) // 2]] = True
+        keep[i] = k
+    assert keep, "digits_cnn has prunable channel groups"
+    masks = group_masks(groups, keep, {k: tuple(v.shape) for k, v in dense.items()})
+    expected = forward(model, masked_params(dense, masks), x).logits
+    small = compact_model(model, groups, keep)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    written = save_compacted(small, tmp_path / "cnn", example_inputs=(x[:4],))
+    program = torch.export.load(str(written["program"])).module()
+    state = load_file(str(written["state_dict"]))
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in small.state_dict().items()}
+    with torch.no_grad():
+        assert torch.allclose(program(x), expected, atol=1e-5)
+        assert torch.allclose(small.eval()(x), expected, atol=1e-5)
+
+
+def test_apply_to_twice_combines_masks_like_torch_prune():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5))
+    a, b = torch.rand(5, 6) > 0.3, torch.rand(5, 6) > 0.3
+    apply_to(model, {"0.weight": a})
+    apply_to(model, {"0.weight": b})
+    assert torch.equal(model[0].weight_mask.bool(), a & b)
+    assert torch.equal(model[0].weight, model[0].weight_orig * (a & b))
+    with pytest.raises(ValueError, match=r"'0.weight' has shape \(6, 5\), the parameter \(5, 6\)"):
+        apply_to(model, {"0.weight": torch.ones(6, 5, dtype=torch.bool)})

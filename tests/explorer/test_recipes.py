@@ -164,3 +164,28 @@ def test_recipe_round_trip_through_the_explorer():
     early = get_sample_model("digits_mlp").state_dict("early")
     diffs = check_recipe(recipe, "digits_mlp", weights_hash({k: early[k] for k in fresh.weights}))
     assert len(diffs) == 1 and "other weights" in diffs[0]
+
+
+def test_recipe_text_from_a_browser_never_reads_files(tmp_path):
+    from prunescope.explorer.recipes import MAX_RECIPE_CHARS, parse_recipe_text
+
+    secret = tmp_path / "secret.json"
+    secret.write_text(dump_recipe(Setting(), "digits_mlp", "s3cr3t" * 10))
+    with pytest.raises(ValueError) as err:
+        parse_recipe_text(str(secret))  # a path given as text is just (invalid) text here
+    assert "s3cr3t" not in str(err.value) and "not a mapping" not in str(err.value)
+    assert parse_recipe(str(secret)).weights_hash == "s3cr3t" * 10  # parse_recipe (Python API) reads paths
+    text = dump_recipe(SETTINGS[2], "m", "h" * 64)
+    assert parse_recipe_text(text.encode()).setting == SETTINGS[2]
+    with pytest.raises(ValueError, match="not UTF-8"):
+        parse_recipe_text(b"\xff\xfe{")
+    with pytest.raises(ValueError, match="YAML aliases"):
+        parse_recipe_text("a: &x [1, 2]\nb: *x\n")
+    with pytest.raises(ValueError, match=f"at most {MAX_RECIPE_CHARS}"):
+        parse_recipe_text("{" + " " * MAX_RECIPE_CHARS + "}")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_recipe_text("[" * 100_000)  # YAML: PyYAML's Python parser is quadratic in nesting
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_recipe_text("{" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_recipe_text("".join(" " * i + "a:\n" for i in range(0, 400, 2)))

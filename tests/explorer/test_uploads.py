@@ -122,6 +122,21 @@ def test_truncated_oversized_empty_and_unknown_files(cnn):
     assert "looks like a torch.save file; name it .pt" in refusal(pt, "w.safetensors", expected)
 
 
+def test_compressed_or_inflating_zips_are_refused(cnn):
+    import zipfile
+
+    _, model = cnn
+    expected = expected_from_model(model)
+    pt = torch_bytes(perturbed_state(model))
+    src = zipfile.ZipFile(io.BytesIO(pt))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert "has compressed records" in refusal(out.getvalue(), "w.pt", expected)
+    assert load_uploaded_weights(pt, "w.pt", expected).keys() == expected.keys()  # torch.save's own zip is fine
+
+
 class CreatesAFile:
     """Unpickling this object opens (creates) ``path``: a stand-in for any code a pickle can run."""
 
