@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-#: Okabe & Ito (2008), "Color Universal Design", in their published order.
+#: Okabe & Ito (2008), "Color Universal Design", in their published order (grey as the ninth,
+#: as in R's ``palette.colors("Okabe-Ito")``).
 OKABE_ITO = {
     "black": "#000000",
     "orange": "#E69F00",
@@ -22,6 +23,7 @@ OKABE_ITO = {
     "blue": "#0072B2",
     "vermillion": "#D55E00",
     "reddish_purple": "#CC79A7",
+    "grey": "#999999",
 }
 
 #: Figure widths in inches: one column and the full text width of a two-column paper.
@@ -53,6 +55,7 @@ METHOD_STYLE: dict[str, SeriesStyle] = {
     "global_magnitude": SeriesStyle(OKABE_ITO["sky_blue"], "s", "square", (5.0, 1.5)),
     "lamp": SeriesStyle(OKABE_ITO["vermillion"], "^", "triangle", (1.2, 1.2)),
     "erk": SeriesStyle(OKABE_ITO["bluish_green"], "D", "diamond", (4.0, 1.5, 1.2, 1.5)),
+    "uniform_plus": SeriesStyle(OKABE_ITO["grey"], "X", "x", (1.5, 3.0)),
     "random": SeriesStyle(OKABE_ITO["orange"], "v", "inverted_triangle", (2.5, 1.5)),
     "snip": SeriesStyle(OKABE_ITO["reddish_purple"], "h", "hex", (6.0, 1.5, 1.2, 1.5, 1.2, 1.5)),
     "channel": SeriesStyle(OKABE_ITO["black"], "P", "plus", (3.0, 3.0)),
@@ -62,7 +65,7 @@ METHOD_STYLE: dict[str, SeriesStyle] = {
 #: Short method names for legends (a column-wide legend has room for about 2 x 16 characters).
 METHOD_LABELS: dict[str, str] = {
     "magnitude": "Magnitude", "global_magnitude": "Global magnitude", "lamp": "LAMP", "erk": "ERK",
-    "random": "Random", "snip": "SNIP", "channel": "Channel", "nm": "N:M",
+    "uniform_plus": "Uniform+", "random": "Random", "snip": "SNIP", "channel": "Channel", "nm": "N:M",
 }
 
 #: Colour cycle for series without a fixed colour (layers); yellow last: it is faint on white.
