@@ -137,22 +137,22 @@ def apply_to(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     ``fc1.weight`` or ``enc.layers.0.self_attn.in_proj_weight``. Caveat: for
     ``nn.MultiheadAttention``'s ``out_proj.weight`` the attention module never calls ``out_proj``,
     so a pre-hook is added on the attention module that recomputes the masked weight (see
-    :func:`_refresh_out_proj`); remove it with the handle in ``module._prunescope_hooks`` if you
-    remove the pruning. A parameter already pruned through ``torch.nn.utils.prune`` gets the new
+    :func:`_refresh_out_proj`; it does nothing once ``prune.remove(out_proj, "weight")`` ran; a
+    fresh module loaded from a state dict needs ``apply_to`` again). As with any
+    ``torch.nn.utils.prune`` module, ``copy.deepcopy`` of the result fails (the masked weight is
+    not a graph leaf): copy before applying. A parameter already pruned through ``torch.nn.utils.prune`` gets the new
     mask combined with the old one (prune's own behaviour).
     """
     check_masks(masks, module)
     modules = dict(module.named_modules())
-    hooks = getattr(module, "_prunescope_hooks", {})
     for name, mask in masks.items():
         owner, leaf = _owner(module, name)
         prune.custom_from_mask(owner, leaf, mask.to(getattr(owner, leaf).device))
         parent_name, _, child = name.rpartition(".")[0].rpartition(".")
         parent = modules.get(parent_name)
         if isinstance(parent, nn.MultiheadAttention) and child == "out_proj" and leaf == "weight" \
-                and parent_name not in hooks:
-            hooks[parent_name] = parent.register_forward_pre_hook(_refresh_out_proj)
-    module._prunescope_hooks = hooks
+                and _refresh_out_proj not in parent._forward_pre_hooks.values():
+            parent.register_forward_pre_hook(_refresh_out_proj)
     return module
 
 

@@ -263,3 +263,20 @@ def test_apply_to_twice_combines_masks_like_torch_prune():
     assert torch.equal(model[0].weight, model[0].weight_orig * (a & b))
     with pytest.raises(ValueError, match=r"'0.weight' has shape \(6, 5\), the parameter \(5, 6\)"):
         apply_to(model, {"0.weight": torch.ones(6, 5, dtype=torch.bool)})
+
+
+def test_out_proj_hook_is_added_once_and_steps_aside_after_prune_remove():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    mask = torch.rand(8, 8) > 0.5
+    apply_to(mha, {"out_proj.weight": mask})
+    apply_to(mha, {"out_proj.weight": mask})
+    assert len(mha._forward_pre_hooks) == 1
+    with torch.no_grad():
+        mha.out_proj.weight_orig.add_(1.0)  # as an optimizer step would
+    x = torch.randn(2, 3, 8)
+    mha(x, x, x)
+    assert torch.equal(mha.out_proj.weight, mha.out_proj.weight_orig * mask)
+    prune.remove(mha.out_proj, "weight")
+    mha(x, x, x)  # the hook is now a no-op
+    assert isinstance(mha.out_proj.weight, nn.Parameter) and bool((mha.out_proj.weight[~mask] == 0).all())
