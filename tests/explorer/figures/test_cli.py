@@ -110,3 +110,18 @@ def test_help_lists_figures_and_commands(capsys):
         main(["--help"])
     assert "figure" in capsys.readouterr().out
     assert main([]) == 2
+
+
+def test_recipe_sets_model_and_setting(tmp_path, capsys):
+    recipes = pytest.importorskip("prunescope.explorer.recipes")
+    ex = Explorer.from_sample("digits_cnn").prune("lamp", sparsity=0.9)
+    recipe = tmp_path / "r.json"
+    recipe.write_text(recipes.dump_recipe(ex.setting, "digits_cnn", recipes.weights_hash(ex.dense_weights),
+                                          recipes.SampleRef("digits_cnn")))
+    csv = tmp_path / "a.csv"
+    assert main(["figure", "allocation", "--recipe", str(recipe), "--out", str(tmp_path / "a.png"),
+                 "--csv", str(csv), "--dpi", "100"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(csv), figure_data("allocation", ex), check_exact=True)
+    code, err = _exit_code(capsys, "figure", "allocation", "--recipe", str(tmp_path / "none.json"),
+                           "--out", str(tmp_path / "b.pdf"))
+    assert code == 2 and "does not exist" in err
