@@ -261,11 +261,22 @@ class Explorer:
         setting = self.setting if setting is None else setting
         return setting.weights if isinstance(setting, Setting) else setting
 
+    def _scores_key(self, setting: WeightSetting) -> tuple:
+        method = get_method(setting.method)
+        seed = setting.seed if method.uses_seed else 0
+        return ("scores", setting.method, seed, method.score_options(dict(setting.options)))
+
+    def masks_ready(self, setting: Setting | WeightSetting | None = None) -> bool:
+        """Whether the masks of ``setting`` are a scatter away (its criterion's scores are cached),
+        so views may compute them on the event loop; otherwise they belong on a worker."""
+        ws = self._weight_part(setting)
+        return ("masks", ws) in self._cache or self._scores_key(ws) in self._cache
+
     def _compute_masks(self, setting: WeightSetting) -> Masks:
         method = get_method(setting.method)
         options = dict(setting.options)
         ctx = self._score_context(setting.seed)
-        key = ("scores", setting.method, setting.seed if method.uses_seed else 0, method.score_options(options))
+        key = self._scores_key(setting)
         scores = self._cache.get_or(key, lambda: Ranking(method.scores(ctx, options)))
         masks = method.masks(scores, ctx, setting)
         return {n: masks[n].to(self.device) for n in self.weights}

@@ -226,8 +226,20 @@ class ExplorerApp(pn.viewable.Viewer):
             self._syncing = False
 
     def _refresh(self) -> None:
-        """Redraw what is instant (sidebar, cost, bars, mask) and ask for a new evaluation."""
+        """Redraw what is instant (sidebar, cost, bars, mask) and ask for a new evaluation.
+
+        A criterion's first scores (SNIP's backward pass, a channel trace) are computed on the
+        worker, never on the event loop; the views are redrawn when they arrive."""
         explorer = self._explorer
+        if not explorer.masks_ready():
+            setting = explorer.setting
+            self.metrics.set_pending(True, f"computing {get_method(setting.weights.method).display_name} scores")
+            self._dispatch.submit(
+                self._worker, lambda: explorer.masks_for(setting),
+                on_done=lambda masks: self._refresh() if explorer is self._explorer else None,
+                on_error=self.show_error,
+            )
+            return
         self._sync_controls()
         cost = explorer.cost()
         self.metrics.show_cost(cost)
