@@ -143,6 +143,11 @@ class UniformPlus(PruningMethod):
     description = ("Uniform |w| pruning, first conv dense, last layer keeps >= 20%, global target met "
                    "(Gale et al., 2019; LAMP's baseline).")
 
+    def validate_setting(self, setting, ctx: ScoreContext) -> None:
+        """An infeasible target is refused when it is set, not later when the masks are computed."""
+        hand = setting.overrides_dict
+        uniform_plus_sparsities([w for w in ctx.layers if w.name not in hand], setting.sparsity)
+
     def allocate(self, scores, ctx, names, sparsity, options) -> Masks:
         chosen = [w for w in ctx.layers if w.name in names]
         per = uniform_plus_sparsities(chosen, sparsity)
