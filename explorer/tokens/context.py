@@ -72,7 +72,9 @@ class SelectionContext:
     @property
     def candidates(self) -> torch.Tensor:
         """(B, n) tokens a strategy may keep or drop: real patch tokens (not recycled, not padding)."""
-        return self.valid & (self.index >= 0)
+        if "candidates" not in self._cache:
+            self._cache["candidates"] = self.valid & (self.index >= 0)
+        return self._cache["candidates"]
 
     @property
     def patch_slots(self) -> slice:

@@ -161,6 +161,8 @@ class _Run:
         recycled = dest == RECYCLE
         new_anchor = anchor.long().cumsum(1) - 1
         kept = anchor.sum(1)
+        if not bool(((dest >= 0) & ~anchor).any() or recycled.any()):
+            return self._select(xp, anchor, kept, new_anchor)
         total = kept + recycled.any(1).long()
         T = int(total.max())
         slot = torch.where(dest >= 0, new_anchor.gather(1, target), torch.where(recycled, kept[:, None], -1))
@@ -183,6 +185,22 @@ class _Run:
         self.valid = torch.arange(T).expand(B, T) < total[:, None]
         self.owner = torch.where(self.owner >= 0, slot.gather(1, self.owner.clamp_min(0)), -1)
         return new_x.contiguous()
+
+    def _select(self, xp: torch.Tensor, anchor: torch.Tensor, kept: torch.Tensor, new_anchor: torch.Tensor) -> torch.Tensor:
+        """``apply`` for a plan that only keeps and drops: one gather (padding after, zeros)."""
+        B, n, C = xp.shape
+        T = int(kept.max())
+        order = torch.sort((~anchor).to(torch.int8), dim=1, stable=True).indices[:, :T]  # kept first, in order
+        valid = torch.arange(T).expand(B, T) < kept[:, None]
+        new_x = xp.gather(1, order[..., None].expand(B, T, C))
+        if not bool(valid.all()):
+            new_x = new_x.masked_fill(~valid[..., None], 0.0)
+        self.size = self.size.gather(1, order) * valid
+        self.index = torch.where(valid, self.index.gather(1, order), -1)
+        self.valid = valid
+        slot = torch.where(anchor, new_anchor, -1)
+        self.owner = torch.where(self.owner >= 0, slot.gather(1, self.owner.clamp_min(0)), -1)
+        return new_x
 
     def update_bias(self) -> None:
         """Key bias of the following blocks: log(size) with proportional attention, -inf for padding."""

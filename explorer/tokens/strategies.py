@@ -220,12 +220,17 @@ def lattice_points(count: int, rows: int, cols: int) -> torch.Tensor:
 def uniform_pick(ctx: SelectionContext, count: int, grid: tuple[int, int]) -> torch.Tensor:
     """``count`` candidates per image, each the nearest free one to a point of an even lattice."""
     rows, cols = grid
-    pos = torch.stack([ctx.index // cols, ctx.index % cols], -1).double()  # (B, n, 2)
-    chosen = torch.zeros(ctx.batch, ctx.n, dtype=torch.bool)
+    index, candidates = ctx.index, ctx.candidates
+    same = bool((index == index[:1]).all() and (candidates == candidates[:1]).all())
+    if same:  # every image has the same tokens (the usual first stage): pick once
+        index, candidates = index[:1], candidates[:1]
+    pos = torch.stack([index // cols, index % cols], -1).double()  # (B, n, 2)
+    chosen = torch.zeros(index.shape, dtype=torch.bool)
     for point in lattice_points(count, rows, cols):
-        dist = (pos - point).pow(2).sum(-1).masked_fill(chosen | ~ctx.candidates, float("inf"))
+        dist = (pos - point).pow(2).sum(-1).masked_fill(chosen | ~candidates, float("inf"))
         chosen.scatter_(1, dist.argmin(1, keepdim=True), True)
-    return chosen & ctx.candidates
+    chosen &= candidates
+    return chosen.expand(ctx.batch, ctx.n) if same else chosen
 
 
 @register_strategy
