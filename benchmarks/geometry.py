@@ -143,6 +143,10 @@ def placement_rows(name: str, repeats: int = 5) -> list[dict]:
     return rows
 
 
+def _ms(times: list[float]) -> str:
+    return f"{min(times):.1f} / {np.percentile(times, 50):.1f} / {np.percentile(times, 95):.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--releases", type=int, default=30)
@@ -153,7 +157,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}\n")
-    print("| model | test samples | feature dims | refresh p50 / p95 ms (UMAP frame) | refresh p50 / p95 ms (PCA) "
+    print("| model | test samples | feature dims | refresh min / p50 / p95 ms (UMAP frame) "
+          "| refresh min / p50 / p95 ms (PCA) "
           "| first fit incl. JIT s (fresh process, empty Numba cache) | fit again in that process s "
           "| fit with warm disk cache s (fresh process) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -172,8 +177,7 @@ def main() -> None:
             cold = fresh_process_fit(name, cache, numba_cache)
             warm = fresh_process_fit(name, cache, numba_cache)
         assert not cold["hit"] and warm["hit"] and not warm["umap_imported"]
-        print(f"| {name} | {len(x)} | {dims} | {np.percentile(umap_ms, 50):.1f} / {np.percentile(umap_ms, 95):.1f} "
-              f"| {np.percentile(pca_ms, 50):.1f} / {np.percentile(pca_ms, 95):.1f} | {cold['first']:.1f} "
+        print(f"| {name} | {len(x)} | {dims} | {_ms(umap_ms)} | {_ms(pca_ms)} | {cold['first']:.1f} "
               f"| {cold['again']:.2f} | {warm['first']:.3f} |")
     print("\nPlacement in the dense UMAP frame (displacement in units of the embedding's RMS radius: for the"
           " dense points, from their fitted positions; otherwise from the other method's placement; knn ="
