@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 5006
 
-.PHONY: serve test test-fast bench browser weights clean
+.PHONY: serve test test-fast bench browser weights figures clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)
 
 weights: $(STAMP)  ## retrain the shipped sample-model weights (deterministic, CPU)
 	$(BIN)/python -m prunescope.sample_models.train --all
+
+figures: $(STAMP)  ## regenerate docs/figures and docs/gallery.md (headless)
+	$(BIN)/python -m prunescope.explorer.figures.gallery
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

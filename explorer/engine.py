@@ -83,6 +83,8 @@ class Explorer:
         self._weights = {n: params[n].detach().clone() for n in self.weights}
         self._params_total = sum(p.numel() for p in model.parameters())
         self.state = PruningState(name=f"state-{self.name}")
+        #: The checkpoint a sample explorer was loaded from (None for a user's model).
+        self.checkpoint: str | None = None
         self._cache = ByteLRU(cache_bytes)
         self._free_sparsity = 0.0
         self._seconds_per_sample: float | None = None
@@ -111,7 +113,21 @@ class Explorer:
         ex = cls(spec.load(checkpoint), data=spec.data("test"), weights=list(weights),
                  calibration_data=spec.data("train"), train_data=spec.data("train"), name=name, **kwargs)
         ex.sample = spec
+        ex.checkpoint = checkpoint
         return ex
+
+    @classmethod
+    def from_recipe(cls, path: Any, **kwargs: Any) -> "Explorer":
+        """Rebuild a sample-model explorer from a recipe file and apply its setting (warns where the
+        recipe was made for other weights)."""
+        from prunescope.explorer.recipes import parse_recipe
+
+        recipe = parse_recipe(path)
+        if recipe.sample is None:
+            raise ValueError(f"recipe for {recipe.model_name!r} names no sample model: build the Explorer "
+                             "on your model, then call ex.load_recipe(path)")
+        ex = cls.from_sample(recipe.sample.name, recipe.sample.checkpoint, **kwargs)
+        return ex._apply_recipe(recipe)
 
     def _check_and_profile(self, names: list[str]) -> ModelProfile:
         sample = self._inputs[:1]
@@ -516,6 +532,92 @@ class Explorer:
         self.state.setting = replace(self.setting, tokens=tokens)
         return self
 
+    # ----------------------------------------------------------------------------- recipes and exports
+    @property
+    def weights_hash(self) -> str:
+        """SHA-256 of the prunable weights' snapshot (names, dtypes, shapes, bytes)."""
+        from prunescope.explorer.recipes import weights_hash
+
+        return self._cache.get_or(("weights-hash",), lambda: weights_hash(self._weights))
+
+    def recipe(self, format: str = "json") -> str:
+        """The current setting as a small, versioned recipe (JSON or YAML) with the model's identity."""
+        from prunescope.explorer.recipes import SampleRef, dump_recipe
+
+        sample = SampleRef(self.sample.name, self.checkpoint or "trained") if self.sample is not None else None
+        return dump_recipe(self.setting, self.name, self.weights_hash, sample, format=format)
+
+    def load_recipe(self, text_or_path: Any) -> "Explorer":
+        """Apply a recipe (text or path) made for this model; warns and says what differs if it was
+        made for other weights. Returns ``self``."""
+        from prunescope.explorer.recipes import parse_recipe
+
+        return self._apply_recipe(parse_recipe(text_or_path))
+
+    def _apply_recipe(self, recipe) -> "Explorer":
+        import warnings
+
+        from prunescope.explorer.recipes import check_recipe
+
+        for line in check_recipe(recipe, self.name, self.weights_hash, self.weights):
+            warnings.warn(f"recipe: {line}", stacklevel=3)
+        return self.set_setting(recipe.setting)
+
+    def export_masks(self, path: Any):
+        """Save the current masks as safetensors (uint8, by parameter name); returns the path."""
+        from prunescope.explorer.export import save_masks
+
+        return save_masks(self.masks, path)
+
+    def apply_to(self, module: nn.Module) -> nn.Module:
+        """Put the current masks on ``module`` with ``torch.nn.utils.prune.custom_from_mask`` so
+        training code continues from there; returns it."""
+        from prunescope.explorer.export import apply_to
+
+        return apply_to(module, {n: m.cpu() for n, m in self.masks.items()})
+
+    def export_weights(self, path: Any):
+        """Save the pruned model's state_dict (masked weights) as safetensors; returns the path."""
+        from prunescope.explorer.export import save_pruned_weights
+
+        return save_pruned_weights(self._model, {n: m.cpu() for n, m in self.masks.items()}, path,
+                                   dense={n: w.cpu() for n, w in self._weights.items()})
+
+    def compacted_model(self, setting: Setting | None = None) -> nn.Module:
+        """For structured pruning: the physically smaller network (its logits equal masked-dense)."""
+        setting = self.setting if setting is None else setting
+        if get_method(setting.weights.method).execution_format(dict(setting.weights.options))["format"] != "compacted":
+            raise ValueError(f"{setting.weights.method!r} is not structured: only channel pruning compacts the network")
+        return self.sparse_model(setting)
+
+    def export_compacted(self, path: Any, setting: Setting | None = None) -> dict:
+        """Save the compacted network: its state_dict (safetensors) and a ``torch.export`` program."""
+        from prunescope.explorer.export import save_compacted
+
+        return save_compacted(self.compacted_model(setting), path, example_inputs=(self._inputs[:4],))
+
+    def load_weights(self, data: bytes, filename: str, max_bytes: int | None = None) -> "Explorer":
+        """A new Explorer on this architecture with uploaded weights (safetensors, or a ``.pt``
+        state_dict loaded with ``weights_only=True``), checked for keys, shapes, dtypes, finiteness
+        and size; the current setting carried over. This explorer is unchanged."""
+        from prunescope.explorer.uploads import DEFAULT_MAX_BYTES, expected_from_model, load_uploaded_weights
+
+        state = load_uploaded_weights(data, filename, expected_from_model(self._model),
+                                      DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+        model = copy.deepcopy(self._model)
+        model.load_state_dict(state)
+        ex = Explorer(model, (self._inputs.cpu(), self._labels.cpu()), weights=self.weights, name=self.name,
+                      calibration_data=None if self._calibration is None else tuple(t.cpu() for t in self._calibration),
+                      train_data=None if self.train_data is None else tuple(t.cpu() for t in self.train_data),
+                      batch_size=self.batch_size, device=self.device, task=self.task, cache_bytes=self._cache.max_bytes)
+        ex.sample, ex.checkpoint = self.sample, None
+        ex.state.backend = self.state.backend
+        try:
+            ex.set_setting(self.setting)
+        except ValueError:
+            pass  # e.g. a ticket of the old weights: the new explorer starts dense
+        return ex
+
     # ----------------------------------------------------------------------------- figures
     def figure(self, name: str, width: str = "single", **options: Any):
         """The paper figure ``name`` of the current setting as a matplotlib Figure (see
@@ -531,6 +633,28 @@ class Explorer:
         return figure_data(name, self, **options)
 
     # ----------------------------------------------------------------------------- views
+    def app(self):
+        """The full Panel app (all tabs) on this explorer; its state is this explorer's state."""
+        from prunescope.explorer.app import ExplorerApp
+
+        return ExplorerApp(explorer=self)
+
+    def show(self):
+        """Render the full app inline in a notebook (``pn.extension()`` loaded first)."""
+        import panel as pn
+
+        if "ipykernel" in __import__("sys").modules:
+            pn.extension(inline=True)
+        return self.app()
+
+    def serve(self, port: int = 0, address: str = "127.0.0.1", show: bool = False):
+        """Serve the full app on this explorer in a background thread; returns the server thread
+        (``.stop()`` ends it; ``.port`` once started is where it listens)."""
+        import panel as pn
+
+        return pn.serve({"explorer": lambda: self.app().template()}, port=port, address=address, show=show,
+                        threaded=True, start=True, title="Prunescope")
+
     def widget(self):
         """An ipywidgets view of this explorer for Jupyter (same state object)."""
         from prunescope.widgets import ExplorerWidget

@@ -20,12 +20,12 @@ from prunescope.explorer.app.speed_view import SpeedView
 from prunescope.explorer.pruning import get_method
 from prunescope.explorer.viewmodel import view_model
 from prunescope.explorer.worker import LatestWorker
-from prunescope.sample_models import list_sample_models
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
     from prunescope.explorer.core.cost import Metrics
     from prunescope.explorer.core.setting import Setting
+    from prunescope.explorer.models import ModelEntry
 
 _STATE_PARAMS = ["setting", "backend"]
 #: Frame budget of the progressive estimate shown while a slider moves, in seconds.
@@ -42,11 +42,25 @@ class ExplorerApp(pn.viewable.Viewer):
 
     model_name = param.String(default="digits_mlp", doc="The sample model being explored.")
 
-    def __init__(self, model: str = "digits_mlp", **params: Any) -> None:
+    def __init__(self, model: str | None = "digits_mlp", models: "dict[str, ModelEntry] | None" = None,
+                 explorer: "Explorer | None" = None, max_upload_bytes: int | None = None, **params: Any) -> None:
+        from prunescope.explorer.models import ModelEntry, sample_entries
+
+        entries = dict(models) if models is not None else sample_entries()
+        if explorer is not None:  # ex.show() / ex.serve(): this explorer first, under its own name
+            entries = {explorer.name: ModelEntry(explorer.name, "this notebook's explorer", lambda: explorer,
+                                                 "notebook"), **{k: v for k, v in entries.items() if k != explorer.name}}
+            model = explorer.name
+        if not entries:
+            raise ValueError("the app needs at least one model")
+        if model not in entries:
+            if models is None and explorer is None:
+                raise ValueError(f"unknown model {model!r}; known: {', '.join(entries)}")
+            model = next(iter(entries))
         super().__init__(model_name=model, **params)
-        models = list_sample_models()
-        if model not in models:
-            raise ValueError(f"unknown sample model {model!r}; known: {', '.join(models)}")
+        self._entries = entries
+        self.max_upload_bytes = max_upload_bytes
+        models = list(entries)
         self._dispatch = SessionDispatcher()
         self._worker = LatestWorker(name="prunescope-evaluate")
         self._explorers: dict[str, Explorer] = {}
@@ -175,13 +189,26 @@ class ExplorerApp(pn.viewable.Viewer):
         """Show model ``name``, building its Explorer on first use with the sidebar's settings."""
         previous = self._explorer
         if name not in self._explorers:
-            explorer = self._build_explorer(name)
+            try:
+                explorer = self._build_explorer(name)
+            except Exception as err:  # noqa: BLE001 - a user's factory may fail in any way
+                self.show_error(ValueError(f"could not build model {name!r}: {err}"))
+                if self._explorer is not None:
+                    self._syncing = True
+                    try:
+                        self.controls.model.value = self._explorer.name
+                    finally:
+                        self._syncing = False
+                return
             explorer.state.param.watch(partial(self._on_state, explorer), _STATE_PARAMS)
             self._explorers[name] = explorer
         explorer = self._explorers[name]
         if previous is not None and previous is not explorer:
             w = previous.setting.weights  # carry the global setting over; hand-set weights belong to a model
-            self._apply(lambda ex: ex.prune(w.method, sparsity=w.sparsity, seed=w.seed, **dict(w.options)), explorer)
+            try:
+                explorer.prune(w.method, sparsity=w.sparsity, seed=w.seed, **dict(w.options))
+            except ValueError:
+                pass  # e.g. a ticket of the other model: this one keeps its own setting
             explorer.state.backend = previous.state.backend
         self.model_name = name
         self._explorer = explorer
@@ -202,12 +229,9 @@ class ExplorerApp(pn.viewable.Viewer):
             view.set_explorer(explorer)
         self._refresh()
 
-    @staticmethod
-    def _build_explorer(name: str) -> "Explorer":
-        """A new Explorer of sample model ``name`` (imported here: the engine pulls in torch)."""
-        from prunescope.explorer import Explorer
-
-        return Explorer.from_sample(name)
+    def _build_explorer(self, name: str) -> "Explorer":
+        """The Explorer of model entry ``name`` (a sample, a plug-in or a ``--model`` factory)."""
+        return self._entries[name].build()
 
     def _on_state(self, explorer: "Explorer", *events: param.parameterized.Event) -> None:
         if explorer is self._explorer:
@@ -369,6 +393,7 @@ class ExplorerApp(pn.viewable.Viewer):
         )
 
 
-def create_app(model: str = "digits_mlp") -> ExplorerApp:
+def create_app(model: str | None = "digits_mlp", models: "dict[str, ModelEntry] | None" = None,
+               max_upload_bytes: int | None = None) -> ExplorerApp:
     """A new app for one session (call it inside the session, e.g. from ``explorer/main.py``)."""
-    return ExplorerApp(model=model)
+    return ExplorerApp(model=model, models=models, max_upload_bytes=max_upload_bytes)
