@@ -14,7 +14,6 @@ and the accuracy. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch

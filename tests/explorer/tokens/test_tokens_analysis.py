@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from token_test_models import adapter_for, make_images, make_model
 
 from prunescope.explorer.core.forward import forward, masked_params
-from prunescope.explorer.tokens import KEPT, TokenRecord, intervention_factory, make_token_setting
+from prunescope.explorer.tokens import KEPT, intervention_factory, make_token_setting
 from prunescope.explorer.tokens.analysis import (
     accuracy_curves, attention_rollout, attributions, block_attention, kept_count_stats, record_forward,
     region_coverage, retention_map, token_map,

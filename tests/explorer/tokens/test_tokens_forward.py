@@ -3,18 +3,16 @@ physically shortened sequences, conserved mass, per-image budgets, weight masks 
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from token_test_models import MODEL_KINDS, adapter_for, make_images, make_model
 
-from prunescope.explorer.core.forward import forward, masked_params
+from prunescope.explorer.core.forward import forward
 from prunescope.explorer.tokens import (
-    DROPPED, KEPT, STRATEGIES, TokenRecord, intervention_factory, make_token_setting, token_intervention,
+    DROPPED, STRATEGIES, TokenRecord, intervention_factory, make_token_setting, token_intervention,
 )
-from prunescope.explorer.tokens.analysis import kept_count_stats
 
 X = make_images(6)
 BUDGET = [1.0, 0.6, 0.3, 0.1]
@@ -45,7 +43,7 @@ def capture_blocks(model, adapter):
     return seen, handles
 
 
-@pytest.mark.parametrize("kind", ["timm_cls", "enc_post_bf_lastcls", "enc_pre_bf_nocls", "enc_pre_sf_cls"])
+@pytest.mark.parametrize("kind", ["timm_cls", "enc_post_bf_lastcls", "enc_post_sf_nocls"])
 @pytest.mark.parametrize("name", SELECTING + ["entropy_recycle", "merge"])
 def test_counts_cls_and_order(kind, name):
     model = make_model(kind)
@@ -69,8 +67,7 @@ def test_counts_cls_and_order(kind, name):
         tokens = k + has_cls + (extra if keep < 1 else 0)
         assert seen["in"][b].shape[1] == tokens, "the block really processes the shortened sequence"
         (_, positions), = record.attention(b)
-        real = positions[:, positions[0] >= 0] if False else positions
-        for row in real:
+        for row in positions:
             present = row[row >= 0]
             assert torch.all(present[1:] > present[:-1]), "kept tokens stay in their original order"
         if b == 0:
