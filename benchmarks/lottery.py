@@ -96,11 +96,13 @@ def one_shot_masks(inputs: dict, trained: dict, ticket: dict, seed: int) -> dict
     }
 
 
-def miniature(out: Path, epochs: int, rounds: int, p: float, client) -> None:
+def miniature(out: Path, epochs: int, rounds: int, p: float, client, run_dir: str | None) -> None:
     inputs = sample_ticket_inputs("digits_mlp")
     seeds = [0, 1, 2]
     t = time.perf_counter()
-    run = find_ticket(**inputs, epochs=epochs, rounds=rounds, prune_per_round=p, seeds=seeds, rewind="init", client=client)
+    # with --run-dir a finished run is reloaded (resume trains only what is missing)
+    run = find_ticket(**inputs, epochs=epochs, rounds=rounds, prune_per_round=p, seeds=seeds, rewind="init",
+                      client=client, run_dir=run_dir, resume=run_dir is not None)
     wall = time.perf_counter() - t
     df = run.metrics()
     summary = df.groupby(["level", "kind"]).agg(sparsity=("sparsity", "mean"), mean=("accuracy", "mean"),
@@ -157,8 +159,9 @@ def _figure(summary: pd.DataFrame, jack: pd.DataFrame, out: Path) -> None:
     ax.grid(alpha=0.3)
     names = list(jack.index)
     y = range(len(names))
-    bx.barh(y, jack["jaccard"], xerr=jack["jstd"].fillna(0), color="#0072B2", label="Jaccard with ticket")
-    bx.scatter(jack["random"], y, marker="|", s=200, color="black", zorder=3, label="random expectation")
+    bx.barh(y, jack["jaccard"], xerr=jack["jstd"].fillna(0), color="#56B4E9", error_kw={"ecolor": "#555555"},
+            label="Jaccard with the ticket (± std over seeds)")
+    bx.scatter(jack["random"], y, marker="D", s=22, color="black", zorder=3, label="two random masks at these densities")
     bx.set_yticks(list(y), names, fontsize=8)
     bx.invert_yaxis()
     bx.set_xlabel("Jaccard with the ticket (IoU of kept weights)")
@@ -182,11 +185,12 @@ def main() -> None:
     m.add_argument("--rounds", type=int, default=10)
     m.add_argument("--p", type=float, default=0.3)
     m.add_argument("--scheduler", default=None, help="None (serial), 'local' or a scheduler address")
+    m.add_argument("--run-dir", default=None, help="keep the run here (and reload it instead of re-running)")
     args = parser.parse_args()
     if args.what == "timing":
         timing(args.epochs)
     else:
-        miniature(args.out, args.epochs, args.rounds, args.p, args.scheduler)
+        miniature(args.out, args.epochs, args.rounds, args.p, args.scheduler, args.run_dir)
 
 
 if __name__ == "__main__":

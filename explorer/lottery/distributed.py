@@ -60,6 +60,9 @@ def worker_plugin():
 class SerialExecutor:
     """Runs submitted tasks in this process, in submission order, when their results are asked for."""
 
+    #: Tasks run in this process (so they may be handed a ``threading.Event`` to cancel mid-training).
+    in_process = True
+
     def __init__(self) -> None:
         self._queue: list[tuple[int, Callable, tuple]] = []
         self._next = 0
@@ -85,6 +88,8 @@ class SerialExecutor:
 
 class DaskExecutor:
     """Submits tasks to a Dask client and hands back results as they finish."""
+
+    in_process = False
 
     def __init__(self, client) -> None:
         self.client = client

@@ -188,6 +188,8 @@ class _Search:
         self.total, self.done = per_seed * len(seeds), 0
         self.tasks: dict[int, tuple] = {}
         self.results: dict[tuple[int, int], dict[int, State]] = {}
+        if ex.in_process and self.cancel is not None:
+            self.hp["cancel"] = self.cancel  # stop inside a training, not only between them
         self.model_ref, self.data_ref = ex.put(self.model), {}
         for seed in seeds:
             self.data_ref[seed] = {"train": ex.put(self.train_data)}

@@ -151,3 +151,24 @@ def test_tables_for_the_tickets_views(fast):
         ticket_masks(run, -1, 0, {"fc1.weight": torch.zeros(3, 3)})
     with pytest.raises(ValueError, match="not completed"):
         run.masks(level=5)
+
+
+def test_cancel_stops_the_search(fast, tmp_path):
+    import threading
+
+    from prunescope.explorer.core.jobs import Cancelled
+    from prunescope.explorer.lottery.runs import load_run
+
+    stop = threading.Event()
+    records = []
+
+    def on_record(info):
+        records.append(info)
+        if info["done"] == 2:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        _search(fast, rounds=3, run_dir=str(tmp_path / "r"), cancel=stop, on_record=on_record)
+    assert [r["done"] for r in records] == [1, 2] and records[0]["total"] == 1 * (4 + 6)
+    assert records[0] == {"seed": 0, "level": 0, "kind": "ticket", "rounds": 3, "done": 1, "total": 10}
+    assert not load_run(tmp_path / "r").complete
