@@ -6,11 +6,19 @@ import threading
 
 import pytest
 import torch
+from torch import nn
 
 from prunescope.explorer import Explorer
+from prunescope.explorer.core.jobs import Cancelled
+from prunescope.explorer.core.setting import Setting, WeightSetting
 from prunescope.explorer.sparse_exec import KernelLayer, build_sparse_model
-from prunescope.explorer.state import PruneSpec
 from prunescope.kernels import available_backends
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _setting(method: str, sparsity: float, **options) -> Setting:
+    return Setting(weights=WeightSetting(method=method, sparsity=sparsity, options=tuple(sorted(options.items()))))
 
 SETTINGS = [
     ("magnitude", {"sparsity": 0.5}),
@@ -20,6 +28,8 @@ SETTINGS = [
     ("nm", {"n": 2, "m": 4}),
     ("nm", {"n": 1, "m": 4}),
     ("channel", {"sparsity": 0.5}),
+    ("uniform_plus", {"sparsity": 0.9}),
+    ("snip", {"sparsity": 0.8, "seed": 1}),
 ]
 
 
@@ -46,15 +56,17 @@ def test_sparse_execution_matches_masked_dense(explorers, name, method, options)
 
 def test_each_layer_gets_the_format_its_mask_fits(explorers):
     ex = explorers["digits_cnn"]
-    _, formats = build_sparse_model(ex, PruneSpec(method="nm", sparsity=0.5))
-    assert formats == {"conv1": "dense", "conv2": "csr-conv", "fc1": "2:4", "fc2": "2:4"}  # conv1: 9 inputs, not N:M
-    _, formats = build_sparse_model(ex, PruneSpec(method="lamp", sparsity=0.9))
-    assert formats == {"conv1": "csr-conv", "conv2": "csr-conv", "fc1": "csr", "fc2": "csr"}
+    _, formats = build_sparse_model(ex, ex.weight_setting("nm"))
+    # conv1: 9 inputs, not N:M (dense); conv2: N:M pattern, run by the CSR conv kernel
+    assert formats == {"conv1.weight": "dense", "conv2.weight": "csr-conv", "fc1.weight": "2:4", "fc2.weight": "2:4"}
+    _, formats = build_sparse_model(ex, ex.weight_setting("lamp", 0.9))
+    assert formats == {"conv1.weight": "csr-conv", "conv2.weight": "csr-conv", "fc1.weight": "csr", "fc2.weight": "csr"}
+    assert ex.sparse_report(Setting(weights=ex.weight_setting("lamp", 0.9))) == formats
 
 
 def test_channel_pruning_runs_as_smaller_dense_layers(explorers):
     ex = explorers["digits_cnn"]
-    model, formats = build_sparse_model(ex, PruneSpec(method="channel", sparsity=0.5))
+    model, formats = build_sparse_model(ex, ex.weight_setting("channel", 0.5))
     assert set(formats.values()) == {"compacted dense"}
     assert [model.conv1.out_channels, model.conv2.in_channels, model.conv2.out_channels] == [8, 8, 16]
     assert [model.fc1.in_features, model.fc1.out_features, model.fc2.in_features, model.fc2.out_features] == [256, 32, 32, 10]
@@ -74,7 +86,8 @@ def test_benchmark_reports_per_layer_and_whole_model(explorers):
     ex = explorers["digits_mlp"].prune("global_magnitude", sparsity=0.9)
     report = ex.benchmark(batch_size=32, repeats=3)
     table = report.table
-    assert list(table["layer"]) == ["fc1", "fc2", "fc3", "model"]
+    assert list(table["layer"]) == ["fc1.weight", "fc2.weight", "fc3.weight", "model"]
+    assert list(table["format"]) == ["csr", "csr", "csr", "whole forward"]
     cost = ex.cost()
     whole = report.whole
     assert whole.flops_dense == cost.flops_dense and whole.flops_effective == cost.flops_effective
@@ -103,7 +116,7 @@ def test_two_sessions_run_the_kernels_at_once():
     """Two explorers (two app sessions) evaluating through the parallel kernels from two threads."""
     settings = [("lamp", 0.9), ("global_magnitude", 0.8), ("erk", 0.95), ("magnitude", 0.7)]
     sessions = [Explorer.from_sample("digits_mlp"), Explorer.from_sample("digits_cnn")]
-    expected = {(i, s): sessions[i].evaluate(backend="torch", spec=PruneSpec(method=m, sparsity=s)).accuracy
+    expected = {(i, s): sessions[i].evaluate(backend="torch", setting=_setting(m, s)).accuracy
                 for i in range(2) for m, s in settings}
     results, errors = {}, []
 
@@ -113,8 +126,8 @@ def test_two_sessions_run_the_kernels_at_once():
                 for m, s in settings:
                     ex = sessions[i]
                     ex.clear_caches(scores=False)
-                    ex.sparse_model(PruneSpec(method=m, sparsity=s))  # built concurrently too
-                    results[(i, s)] = ex.evaluate(backend="numba-cpu", spec=PruneSpec(method=m, sparsity=s)).accuracy
+                    ex.sparse_model(_setting(m, s))  # built concurrently too
+                    results[(i, s)] = ex.evaluate(backend="numba-cpu", setting=_setting(m, s)).accuracy
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -127,8 +140,6 @@ def test_two_sessions_run_the_kernels_at_once():
 
 
 def test_benchmark_reports_progress_and_can_be_cancelled(explorers):
-    from prunescope.explorer.sensitivity import Cancelled
-
     ex = explorers["digits_mlp"].prune("lamp", sparsity=0.9)
     calls = []
     ex.benchmark(batch_size=4, repeats=1, progress=lambda done, total: calls.append((done, total)))
@@ -137,3 +148,37 @@ def test_benchmark_reports_progress_and_can_be_cancelled(explorers):
     cancel.set()
     with pytest.raises(Cancelled, match="after 0 of 4"):
         ex.benchmark(batch_size=4, repeats=1, cancel=cancel)
+
+
+class GroupedNet(nn.Module):
+    """A grouped conv between two plain ones: the grouped one has no kernel and runs in dense torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.grouped(torch.relu(self.conv1(x))))))
+        return self.fc(x.flatten(1))
+
+
+def test_a_weight_without_a_kernel_runs_in_dense_torch_and_says_so(explorers):
+    """One grouped conv does not stop the whole model from running on the kernels (it did)."""
+    inputs, labels = explorers["digits_cnn"].eval_data
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GroupedNet()
+    ex = Explorer(model, (inputs[:64], labels[:64]), device="cpu").prune("magnitude", sparsity=0.7)
+    report = ex.sparse_report()
+    assert report == {"conv1.weight": "csr-conv", "grouped.weight": "dense torch (no kernel for grouped conv, groups=2)",
+                      "conv2.weight": "csr-conv", "fc.weight": "csr"}
+    sparse_model = ex.sparse_model()
+    assert isinstance(sparse_model.conv1, KernelLayer) and isinstance(sparse_model.grouped, nn.Conv2d)
+    assert _relative_error(ex.sparse_logits(), ex.logits()) <= 1e-4
+    table = ex.benchmark(batch_size=8, repeats=1).table.set_index("layer")
+    assert table.loc["grouped.weight", "format"] == report["grouped.weight"]
+    assert table.loc["grouped.weight", "sparse_ms"] != table.loc["grouped.weight", "sparse_ms"]  # NaN: not timed alone
+    assert table.loc["conv1.weight", "sparse_ms"] > 0
