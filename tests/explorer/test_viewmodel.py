@@ -198,6 +198,7 @@ def test_the_app_and_the_widget_show_the_same_state(app):
     try:
         for i, step in enumerate(STEPS):
             step(ex)
+            assert app.wait_idle()  # a method's first scores are computed on the app's worker
             expected = _vm_view(ex)
             assert _app_view(app) == expected, f"app after step {i}"
             assert _widget_view(widget) == expected, f"widget after step {i}"
@@ -236,6 +237,7 @@ def test_app_and_widget_on_one_explorer_twenty_slider_moves(app):
         values = [round(0.05 + 0.045 * i, 2) for i in range(20)]
         for value in values:
             widget.sparsity.value = value
+            assert app.wait_idle()
             assert ex.setting.weights.overrides == (), f"hand-set weights after the slider went to {value}"
         assert (ex.setting.weights.method, ex.setting.weights.sparsity) == ("lamp", values[-1])
         assert not any(s.hand_set for s in view_model(ex).weights)
