@@ -27,9 +27,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # per-image, per-channel standardisation: the random background colour and the contrast
-        # carry no class information, and centred inputs make the first steps of training useful
-        x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-2)  # (B, 3, H, W)
+        # background subtraction: distance of each pixel from the image's median colour, so the
+        # random background and object colours drop out and the object is bright on dark ground
+        median = x.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
+        x = (x - median).abs() * 4.0  # (B, 3, H, W)
         x = self.proj(x)  # (B, C, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, C), patches in row-major order
 

@@ -58,7 +58,11 @@ def test_checkpoints_are_small_distinct_and_theta0_is_the_seeded_init(name):
     weight = spec.prunable_weights[0]
     assert not torch.equal(states["init"][weight], states["early"][weight])
     assert not torch.equal(states["early"][weight], states["trained"][weight])
-    assert _equal(spec.build().state_dict(), states["init"])
+    # theta_0 is the seeded init of build(): bit-for-bit here; allclose because the ViT's
+    # trunc_normal_ init goes through erfinv, whose vectorised kernel may round differently per CPU
+    fresh = spec.build().state_dict()
+    assert fresh.keys() == states["init"].keys()
+    assert all(torch.allclose(fresh[k], states["init"][k], rtol=1e-6, atol=1e-7) for k in fresh)
     # the early checkpoint is early: much worse than trained
     assert accuracy_on(name, states["early"]) < accuracy_on(name, states["trained"]) - 0.05
 
@@ -91,7 +95,8 @@ def test_a_short_vit_training_run_is_deterministic_and_leaves_the_globals():
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
     assert not torch.are_deterministic_algorithms_enabled()
     assert _equal(first["trained"], second["trained"])
-    assert _equal(first["init"], get_sample_model("shapes_vit").state_dict("init"))
+    shipped_init = get_sample_model("shapes_vit").state_dict("init")
+    assert all(torch.allclose(first["init"][k], shipped_init[k], rtol=1e-6, atol=1e-7) for k in shipped_init)
     assert not torch.equal(first["trained"]["blocks.0.attn.qkv.weight"], first["init"]["blocks.0.attn.qkv.weight"])
     with pytest.raises(ValueError, match="max_steps must be a positive number of steps or None, got 0"):
         train_sample_model("shapes_vit", max_steps=0)
