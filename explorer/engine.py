@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import threading
 import time
 from dataclasses import replace
@@ -193,6 +194,8 @@ class Explorer:
         Options not given take their defaults: a setting means exactly what the call says.
         """
         strategy = get_method(method)
+        # paths (and objects that name one, like a ticket run) are stored as text in the setting
+        options = {k: os.fspath(v) if hasattr(v, "__fspath__") else v for k, v in options.items()}
         seed = options.pop("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
@@ -531,6 +534,45 @@ class Explorer:
         intervention_factory(self._run_model, adapter, tokens)  # validates against the model
         self.state.setting = replace(self.setting, tokens=tokens)
         return self
+
+    # ----------------------------------------------------------------------------- lottery tickets
+    def find_ticket(self, rounds: int = 5, prune_per_round: float = 0.2, criterion: str = "global_magnitude",
+                    rewind: str = "init", seeds: Sequence[int] = (0,), epochs: int | None = None, *,
+                    run_dir: Any = None, resume: bool = False, theta_0: dict | None = None,
+                    theta_k: dict | None = None, lr: float | None = None, batch_size: int | None = None,
+                    client: Any = None, progress: Callable[[int, int], None] | None = None, cancel: Any = None,
+                    **options: Any):
+        """Iterative magnitude pruning with rewinding (Frankle & Carbin, 2019) on this explorer's
+        model and training data; every level is written to ``run_dir`` (default: a new folder in
+        the user cache) and the run returned; ``ex.prune("ticket", run=run, level=k)`` then shows
+        one level. ``theta_0`` / ``theta_k`` default to a sample's ``init`` / ``early`` checkpoints
+        (a user's model: the weights it has now as theta_0). ``options`` go to
+        :func:`prunescope.explorer.lottery.find_ticket` (``variant='colt'|'swamp'``, ``controls``...)."""
+        from prunescope.explorer.lottery import find_ticket
+
+        if self.train_data is None:
+            raise ValueError("find_ticket trains the model: give the explorer train_data=(inputs, labels)")
+        sample = self.sample
+        config = dict(sample.train_config) if sample is not None else {}
+        if theta_0 is None:
+            theta_0 = sample.state_dict("init") if sample is not None else {
+                k: v.detach().cpu().clone() for k, v in self._model.state_dict().items()}
+        if theta_k is None and sample is not None:
+            theta_k = sample.state_dict("early")
+        if run_dir is None:
+            from platformdirs import user_cache_dir
+
+            run_dir = os.path.join(os.environ.get("PRUNESCOPE_CACHE_DIR") or user_cache_dir("prunescope"),
+                                   "tickets", f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        model = sample.build() if sample is not None else copy.deepcopy(self._model).cpu()
+        return find_ticket(
+            model, theta_0, tuple(t.cpu() for t in self.train_data), (self._inputs.cpu(), self._labels.cpu()),
+            rounds=rounds, prune_per_round=prune_per_round, epochs=epochs or int(config.get("epochs", 10)),
+            lr=lr or float(config.get("lr", 1e-3)), batch_size=batch_size or int(config.get("batch_size", 64)),
+            prunable=self.weights, criterion=criterion, rewind=rewind, theta_k_state=theta_k, seeds=seeds,
+            model_name=self.name, run_dir=os.fspath(run_dir), resume=resume, progress=progress, cancel=cancel,
+            client=client, **options,
+        )
 
     # ----------------------------------------------------------------------------- recipes and exports
     @property

@@ -112,7 +112,10 @@ class ExplorerWidget(widgets.VBox):
             return widgets.BoundedIntText(value=option.value, min=low if low is not None else -2**31,
                                           max=high if high is not None else 2**31 - 1, description=option.label,
                                           tooltip=option.doc, layout=widgets.Layout(width="160px"))
-        return widgets.FloatText(value=option.value, description=option.label, layout=widgets.Layout(width="180px"))
+        if option.kind == "float":
+            return widgets.FloatText(value=option.value, description=option.label, layout=widgets.Layout(width="180px"))
+        return widgets.Text(value=str(option.value), description=option.label, tooltip=option.doc,
+                            layout=widgets.Layout(width="420px"))
 
     # ------------------------------------------------------------------ controls -> engine
     def _on_method(self, change: dict) -> None:
@@ -181,6 +184,9 @@ class ExplorerWidget(widgets.VBox):
         explorer = self.explorer
         with self._draw_lock, self._guard():
             vm = view_model(explorer)
+            choices = tuple(vm.methods.items())
+            if tuple(self.method.options) != choices:
+                self.method.options = choices
             self.method.value = vm.method
             self.method_note.value = f'<span style="font-size:12px;color:#4b5563">{html.escape(vm.description)}</span>'
             self._draw_slider(self.sparsity, vm.sparsity.value)

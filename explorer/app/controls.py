@@ -53,7 +53,8 @@ class Controls:
     def __init__(self, models: list[str], model: str, backends: list[str] | None = None) -> None:
         self.model = pn.widgets.Select(name="Model", options=models, value=model)
         self.method = pn.widgets.Select(
-            name="Pruning method", options={m.display_name: name for name, m in METHODS.items()},
+            name="Pruning method",
+            options={m.display_name: name for name, m in METHODS.items() if getattr(m, "selectable", True)},
         )
         self.description = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
         self.sparsity = pn.widgets.FloatSlider(
@@ -101,6 +102,7 @@ class Controls:
         """Make every widget show ``vm`` (callers suppress the widgets' callbacks)."""
         state = explorer.state
         _set(self.model, value=explorer.name)
+        _set(self.method, options=dict(vm.methods))
         _set(self.method, value=vm.method)
         _set(self.description, object=vm.description)
         s = vm.sparsity

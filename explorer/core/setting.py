@@ -79,7 +79,7 @@ class Setting:
     @property
     def is_dense(self) -> bool:
         w = self.weights
-        dense_w = w.sparsity == 0 and all(s == 0 for _, s in w.overrides) and w.method != "ticket"
+        dense_w = w.sparsity == 0 and all(s == 0 for _, s in w.overrides)
         return dense_w and (self.tokens is None or self.tokens.is_dense)
 
 

@@ -2,6 +2,7 @@
 
 from prunescope.explorer.pruning import methods as _methods  # noqa: F401  (registers the criteria)
 from prunescope.explorer.pruning import structured as _structured  # noqa: F401
+from prunescope.explorer.pruning import ticket as _ticket  # noqa: F401
 from prunescope.explorer.pruning.base import (
     METHODS,
     Masks,

@@ -56,7 +56,7 @@ class Channel(PruningMethod):
         return {"format": "compacted"}
 
     def scores(self, ctx: ScoreContext, options: dict[str, Any]) -> Scores:
-        from prunescope.explorer.core.graph import group_scores
+        from prunescope.explorer.core.compact import group_scores
 
         groups = self._groups(ctx)
         per_group = group_scores(groups, ctx.weights, options["norm"])
@@ -73,7 +73,7 @@ class Channel(PruningMethod):
         owner: dict[str, int] = {}
         for g in self._groups(ctx):
             if g.prunable:
-                for name, _dim in g.producers:
+                for name, *_ in g.producers:
                     owner.setdefault(name, g.index)
         return owner
 
@@ -83,13 +83,13 @@ class Channel(PruningMethod):
         reasons = {}
         for g in self._groups(ctx):
             if not g.prunable:
-                for name, _dim in g.producers:
+                for name, *_ in g.producers:
                     if name not in owner:
                         reasons[name] = g.reason
         return {n: r for n, r in reasons.items() if n in ctx.weights}
 
     def masks(self, scores: Ranking, ctx: ScoreContext, setting) -> Masks:
-        from prunescope.explorer.core.graph import group_masks
+        from prunescope.explorer.core.compact import group_masks
 
         groups = self._groups(ctx)
         owner = self.group_of(ctx)
