@@ -1,103 +1,165 @@
-"""The sidebar writes the engine state and shows it back; bad input gives an alert, never a crash."""
+"""The sidebar writes the engine state and shows it back (through the view model); bad input gives
+an alert naming the refused value, the widgets return to the state, never a crash."""
 
 from __future__ import annotations
 
+import re
+
+import param
 import pytest
 
 from prunescope.explorer.app import ExplorerApp
-from prunescope.explorer.pruning import METHODS
+from prunescope.explorer.pruning import METHODS, get_method
+from prunescope.explorer.viewmodel import view_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_method_select_lists_display_names(app):
-    assert app.controls.method.options == {m.display_name: name for name, m in METHODS.items()}
+def choose(app, method: str) -> None:
+    """Pick ``method`` in the select and wait: a criterion's first scores are computed on the worker."""
+    app.controls.method.value = method
+    assert app.wait_idle()
+
+
+def test_method_select_lists_the_view_models_methods(app):
+    offered = view_model(app.explorer).methods
+    assert app.controls.method.options == offered
+    selectable = {m.display_name: name for name, m in METHODS.items() if getattr(m, "selectable", True)}
+    assert offered == selectable and {"lamp", "nm", "channel", "uniform_plus"} <= set(offered.values())
 
 
 def test_global_slider_prunes_and_layer_sliders_show_achieved_sparsity(app):
-    app.controls.method.value = "lamp"
+    choose(app, "lamp")
     app.controls.sparsity.value = 0.8
-    state = app.explorer.state
-    assert (state.method, state.sparsity, state.layer_sparsity) == ("lamp", 0.8, {})
+    assert app.wait_idle()
+    w = app.explorer.setting.weights
+    assert (w.method, w.sparsity, w.overrides) == ("lamp", 0.8, ())
     achieved = app.explorer.layer_sparsities()
     assert {n: s.value for n, s in app.controls.layer_sliders.items()} == pytest.approx(achieved)
     assert len(set(round(v, 3) for v in achieved.values())) > 1  # LAMP allocates unevenly
+    assert app.controls.sparsity.name == get_method("lamp").sparsity_label
 
 
-def test_layer_slider_sets_that_layer_by_hand(app):
+def test_layer_slider_sets_that_weight_by_hand(app):
     app.controls.sparsity.value = 0.6
-    app.controls.layer_sliders["fc2"].value = 0.25
-    assert app.explorer.state.layer_sparsity == {"fc2": 0.25}
-    assert app.explorer.layer_sparsities()["fc2"] == pytest.approx(0.25, abs=1e-3)
-    assert app.controls.layer_sliders["fc2"].label == "fc2 · set by hand"
-    assert app.controls.layer_sliders["fc1"].value == pytest.approx(0.6, abs=1e-6)
-    app.controls.sparsity.value = 0.7  # a global change clears hand-set layers
-    assert app.explorer.state.layer_sparsity == {}
-    assert app.controls.layer_sliders["fc2"].label == "fc2"
+    app.controls.layer_sliders["fc2.weight"].value = 0.25
+    assert app.explorer.setting.weights.overrides == (("fc2.weight", 0.25),)
+    assert app.explorer.layer_sparsities()["fc2.weight"] == pytest.approx(0.25, abs=1e-3)
+    assert app.controls.layer_sliders["fc2.weight"].name == "fc2.weight · set by hand"
+    assert app.controls.layer_sliders["fc1.weight"].value == pytest.approx(0.6, abs=1e-6)
+    app.controls.sparsity.value = 0.7  # a global change clears hand-set weights
+    assert app.explorer.setting.weights.overrides == ()
+    assert app.controls.layer_sliders["fc2.weight"].name == "fc2.weight"
+    assert app.wait_idle()
 
 
-def test_nm_shows_n_and_m_and_fixes_the_sparsity(app):
-    app.controls.method.value = "nm"
+def test_a_key_press_on_a_layer_slider_is_applied(app):
+    """A key press changes value and value_throttled in one batch (it crashed the callback)."""
+    slider = app.controls.layer_sliders["fc1.weight"]
+    with param.edit_constant(slider):  # as Bokeh's property sync does
+        slider.param.update(value=0.3, value_throttled=0.3)
+    assert not app.alert.visible
+    assert app.explorer.setting.weights.overrides == (("fc1.weight", 0.3),)
+    assert app.wait_idle()
+    assert app.metrics.metrics.accuracy == app.explorer.evaluate().accuracy and not app.metrics.metrics.estimate
+
+
+def test_nm_shows_its_options_and_fixes_the_sparsity(app):
+    choose(app, "nm")
     c = app.controls
-    assert c.nm_row.visible and not c.norm.visible and c.sparsity.disabled
-    assert app.explorer.state.sparsity == 0.5
-    c.m.value = 8
-    assert (app.explorer.state.n, app.explorer.state.m, app.explorer.state.sparsity) == (2, 8, 0.75)
+    assert list(c.option_widgets) == ["m", "n"] or list(c.option_widgets) == ["n", "m"]
+    assert c.sparsity.disabled and not c.seed.visible
+    assert app.explorer.setting.weights.sparsity == 0.5
+    c.option_widgets["m"].value = 8
+    assert app.wait_idle()
+    w = app.explorer.setting.weights
+    assert (w.option("n"), w.option("m"), w.sparsity) == (2, 8, 0.75)
     assert c.sparsity.value == 0.75
     assert all(s.end == pytest.approx(0.75) and s.step == pytest.approx(0.75) for s in c.layer_sliders.values())
 
 
+def test_choosing_nm_and_back_restores_the_free_sparsity(app):
+    """N:M fixes the sparsity; the next method starts at the sparsity the user chose, not N:M's."""
+    choose(app, "lamp")
+    app.controls.sparsity.value = 0.9
+    choose(app, "nm")
+    assert app.controls.sparsity.value == 0.5
+    choose(app, "erk")
+    assert app.explorer.setting.weights.sparsity == 0.9 and app.controls.sparsity.value == 0.9
+
+
 def test_channel_shows_norm_and_channel_fractions(app):
-    app.controls.method.value = "channel"
+    choose(app, "channel")
     app.controls.sparsity.value = 0.5
     c = app.controls
-    assert c.norm.visible and not c.nm_row.visible
-    c.norm.value = "l2"
-    assert app.explorer.state.norm == "l2"
+    assert list(c.option_widgets) == ["norm"] and not c.seed.visible
+    c.option_widgets["norm"].value = "l2"
+    assert app.wait_idle()
+    assert app.explorer.setting.weights.option("norm") == "l2" and app.explorer.setting.weights.sparsity == 0.5
     values = {n: s.value for n, s in c.layer_sliders.items()}
-    assert values == {"fc1": 0.5, "fc2": 0.5, "fc3": 0.0}  # outputs of the last layer stay
-    assert c.layer_sliders["fc3"].disabled
-    weight_sparsity = app.explorer.layer_sparsities()
-    assert weight_sparsity["fc2"] == pytest.approx(0.75)  # its rows and its inputs from fc1 go
+    assert values == {"fc1.weight": 0.5, "fc2.weight": 0.5, "fc3.weight": 0.0}  # outputs of the last layer stay
+    assert c.layer_sliders["fc3.weight"].disabled and "fc3.weight" in c.layer_note.object
+    assert app.explorer.layer_sparsities()["fc2.weight"] == pytest.approx(0.75)  # its rows and its inputs from fc1 go
 
 
-def test_skip_first_last_and_seed_reach_the_state(app):
-    app.controls.method.value = "random"
+def test_seed_reaches_the_state_only_for_seeded_methods(app):
+    choose(app, "random")
     app.controls.sparsity.value = 0.5
-    app.controls.skip_first_last.value = True
+    assert app.controls.seed.visible
     app.controls.seed.value = 7
-    s = app.explorer.state
-    assert (s.skip_first_last, s.seed) == (True, 7)
-    assert app.explorer.layer_sparsities()["fc1"] == 0.0
+    assert app.wait_idle()
+    assert app.explorer.setting.weights.seed == 7
+    choose(app, "lamp")
+    assert not app.controls.seed.visible and app.explorer.setting.weights.seed == 0
 
 
-def test_bad_input_shows_an_alert_and_the_widgets_return_to_the_state(app):
-    app.controls.method.value = "nm"
-    app.controls.n.value = 4  # n must be < m = 4
-    assert app.alert.visible and "n < m" in app.alert.object and "n=4" in app.alert.object
-    assert app.explorer.state.n == 2 and app.controls.n.value == 2
-    app.controls.m.value = 8  # a valid change hides the alert
+@pytest.mark.parametrize("widget, value, message", [
+    ("n", 4, "n < m.*n=4"),
+    ("seed", -1, r"seed.*-1"),
+    ("seed", 2**70, "seed.*1180591620717411303424"),
+])
+def test_bad_input_shows_an_alert_naming_it_and_the_widgets_return_to_the_state(app, widget, value, message):
+    """The issue's odd inputs (N=M, seed -1, a huge seed): an alert names the refused value and the
+    field shows the state again. (A ValueError escaping the callback is a server traceback.)"""
+    choose(app, "random" if widget == "seed" else "nm")
+    before = app.explorer.setting
+    control = app.controls.seed if widget == "seed" else app.controls.option_widgets[widget]
+    shown = control.value
+    control.value = value
+    assert app.alert.visible and re.search(message, app.alert.object), app.alert.object
+    assert "Overflow" not in app.alert.object
+    assert app.explorer.setting == before and control.value == shown
+    app.controls.sparsity.value = 0.6 if widget == "seed" else app.controls.sparsity.value
+    if widget == "n":
+        app.controls.option_widgets["m"].value = 8  # a valid change hides the alert
+    assert app.wait_idle()
     assert not app.alert.visible
 
 
 def test_state_changes_from_python_show_in_the_sidebar(app):
     app.explorer.prune("snip", sparsity=0.3, seed=3)
+    assert app.wait_idle()
     c = app.controls
-    assert (c.method.value, c.sparsity.value, c.seed.value) == ("snip", 0.3, 3)
-    assert "calibration" in c.description.object
+    assert (c.method.value, c.sparsity.value, c.seed.value, c.seed.visible) == ("snip", 0.3, 3, True)
+    assert c.description.object == get_method("snip").description and "calibration" in c.description.object
+    assert c.achieved.object == view_model(app.explorer).achieved
 
 
 def test_switching_model_builds_its_explorer_with_the_same_settings(app):
-    app.controls.method.value = "lamp"
+    choose(app, "lamp")
     app.controls.sparsity.value = 0.8
     mlp = app.explorer
     app.controls.model.value = "digits_cnn"
+    assert app.wait_idle()
     cnn = app.explorer
     assert cnn is not mlp and cnn.name == "digits_cnn"
-    assert list(app.controls.layer_sliders) == ["conv1", "conv2", "fc1", "fc2"]
-    assert (cnn.state.method, cnn.state.sparsity) == ("lamp", 0.8)
+    assert list(app.controls.layer_sliders) == ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+    assert (cnn.setting.weights.method, cnn.setting.weights.sparsity) == ("lamp", 0.8)
     assert app.mask_view.layer_select.options == cnn.layers
-    assert app.wait_idle() and app.metrics.metrics.accuracy == cnn.evaluate().accuracy
+    assert app.metrics.metrics.accuracy == cnn.evaluate().accuracy
     app.controls.model.value = "digits_mlp"
     assert app.explorer is mlp  # kept for the session
+    assert app.wait_idle()
 
 
 def test_sessions_do_not_share_state(close_app):
@@ -105,7 +167,7 @@ def test_sessions_do_not_share_state(close_app):
     try:
         first.controls.sparsity.value = 0.9
         assert second.explorer is not first.explorer
-        assert second.explorer.state.sparsity == 0.0 and second.controls.sparsity.value == 0.0
+        assert second.explorer.setting.weights.sparsity == 0.0 and second.controls.sparsity.value == 0.0
     finally:
         close_app(first)
         close_app(second)
@@ -116,11 +178,14 @@ def test_unknown_model_is_rejected_with_the_known_ones():
         ExplorerApp(model="resnet9000")
 
 
-def test_nm_note_names_the_layers_that_stay_dense(make_app):
+def test_nm_note_names_the_weights_that_stay_dense(make_app):
     app = make_app("digits_cnn")
     app.explorer.prune("nm", n=2, m=4)
-    assert "kept dense: conv1." in app.controls.layer_note.object  # 1 x 3 x 3 = 9 inputs
+    assert app.wait_idle()
+    assert "Kept dense (input size not a multiple of the group): conv1.weight." in app.controls.layer_note.object
     app.explorer.prune("nm", n=1, m=8)
-    assert "kept dense: conv1." in app.controls.layer_note.object
+    assert app.wait_idle()
+    assert "conv1.weight" in app.controls.layer_note.object
     app.explorer.prune("lamp", sparsity=0.5)
+    assert app.wait_idle()
     assert "dense" not in app.controls.layer_note.object
