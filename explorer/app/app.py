@@ -17,6 +17,7 @@ from prunescope.explorer.app.palette import ACCENT
 from prunescope.explorer.app.plots import LayerSparsityChart, MaskView
 from prunescope.explorer.app.sensitivity_view import SensitivityView
 from prunescope.explorer.app.speed_view import SpeedView
+from prunescope.explorer.app.tokens_view import TokensView
 from prunescope.explorer.pruning import get_method
 from prunescope.explorer.viewmodel import view_model
 from prunescope.explorer.worker import LatestWorker
@@ -82,6 +83,10 @@ class ExplorerApp(pn.viewable.Viewer):
         #: Tabs added by the areas (tokens, geometry, tickets): ``(title, view)``; each view has
         #: ``set_explorer(explorer)`` and ``refresh()``, called only while its tab is visible.
         self.extra_tabs: list[tuple[str, Any]] = []
+        # Tokens: every model gets the tab; one without transformer blocks shows a note there
+        self.tokens = TokensView(self._dispatch, on_error=self.show_error,
+                                 clear_error=lambda: setattr(self.alert, "visible", False))
+        self.extra_tabs.append(("Tokens", self.tokens))
         self.tabs = self._build_tabs()
         self.tabs.param.watch(self._on_tab, "active")
         self._wire()
@@ -130,6 +135,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self._dispatch.close()
         self.sensitivity.close()
         self.speed.close()
+        for _title, view in self.extra_tabs:
+            if hasattr(view, "close"):
+                view.close()
         self._worker.close()
 
     # ------------------------------------------------------------------------------ changes
