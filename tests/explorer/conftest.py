@@ -6,6 +6,26 @@ import pytest
 import torch
 
 from prunescope.explorer.app import ExplorerApp
+from prunescope.explorer.pruning import METHODS
+
+#: Registered methods that cannot run on their default options, and why (never skipped silently).
+NEEDS_INPUT = {"ticket": "its masks come from a ticket-search run directory (tested in tests/explorer/lottery)"}
+
+
+@pytest.fixture(scope="session")
+def runnable_methods() -> list[str]:
+    """Every registered method that runs with its default options, in registry order; a method
+    that does not must be listed in ``NEEDS_INPUT`` with its reason, or this fixture fails."""
+    names = []
+    for name, method in METHODS.items():
+        try:
+            method.check_options({})
+        except ValueError as err:
+            assert name in NEEDS_INPUT, f"method {name!r} does not run on its defaults ({err}); list it in NEEDS_INPUT"
+            continue
+        names.append(name)
+    assert len(names) >= 9
+    return names
 
 
 @pytest.fixture(scope="module")

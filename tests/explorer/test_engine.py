@@ -85,11 +85,11 @@ def test_accuracy_at_sparsity_zero_equals_the_dense_model(name):
 
 
 @pytest.mark.parametrize("name", DIGITS)
-def test_model_is_never_mutated(name):
+def test_model_is_never_mutated(name, runnable_methods):
     ex = Explorer.from_sample(name)
     before = {k: v.clone() for k, v in ex.model.state_dict().items()}
     ex.model.train()
-    for method in ex.methods:
+    for method in runnable_methods:
         _prune_any(ex, method, 0.7).evaluate()
     ex.sensitivity(methods=["lamp"], sparsities=[0.5], per_layer=False)
     after = ex.model.state_dict()

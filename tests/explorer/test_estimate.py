@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from prunescope.explorer import Explorer
-from prunescope.explorer.pruning import METHODS, get_method
+from prunescope.explorer.pruning import get_method
 
 # Time budgets are about the engine, not about OpenMP threads spinning on a shared machine.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -95,13 +95,13 @@ def _teacher_data(n: int = 20_000) -> tuple[nn.Module, tuple[torch.Tensor, torch
     return _seeded(4, make)
 
 
-def test_the_full_accuracy_falls_inside_the_interval():
+def test_the_full_accuracy_falls_inside_the_interval(runnable_methods):
     """100 random settings (method and sparsity): the 95% interval of the estimate on a subset
     holds the full split's accuracy in at least 90 of them."""
     model, data = _teacher_data()
     ex = Explorer(model, data, device="cpu")
     rng = np.random.default_rng(0)
-    methods = list(METHODS)
+    methods = list(runnable_methods)
     covered, widths, subset, seen = 0, [], [], set()
     while len(seen) < 100:
         name = methods[int(rng.integers(len(methods)))]
