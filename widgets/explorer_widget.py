@@ -83,6 +83,11 @@ class ExplorerWidget(widgets.VBox):
             self.method, self.method_note, self.sparsity, self.achieved, self.option_box, self.seed,
             self.layer_heading, *layer_rows, self.error_html, self.metrics_html,
         ]
+        from prunescope.widgets.tokens_widget import token_box
+
+        #: Token controls and heatmaps (None: the model has no transformer blocks).
+        self.tokens = token_box(explorer)
+        children += [self.tokens] if self.tokens is not None else []
         super().__init__(children=children, **kwargs)
         self._draw()
         self.method.observe(self._on_method, "value")
