@@ -12,6 +12,7 @@ import param
 from prunescope.explorer.app.backends import evaluation_backends, warmup_for
 from prunescope.explorer.app.controls import Controls
 from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.io_view import FilesCard
 from prunescope.explorer.app.metrics_view import MetricsPanel
 from prunescope.explorer.app.palette import ACCENT
 from prunescope.explorer.app.plots import LayerSparsityChart, MaskView
@@ -75,11 +76,13 @@ class ExplorerApp(pn.viewable.Viewer):
 
         self.controls = Controls(models, model, evaluation_backends())
         self.metrics = MetricsPanel()
-        self.layer_chart = LayerSparsityChart()
-        self.mask_view = MaskView()
+        self.layer_chart = LayerSparsityChart(explorer=lambda: self._explorer, on_error=self.show_error)
+        self.mask_view = MaskView(explorer=lambda: self._explorer, on_error=self.show_error)
         self.sensitivity = SensitivityView(self._dispatch, on_error=self.show_error)
         self.speed = SpeedView(self._dispatch, on_error=self.show_error)
         self.alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width")
+        self.files = FilesCard(self._dispatch, on_error=self.show_error, on_warning=self.show_warning,
+                               on_weights=self.use_explorer, max_upload_bytes=max_upload_bytes)
         #: Tabs added by the areas (tokens, geometry, tickets): ``(title, view)``; each view has
         #: ``set_explorer(explorer)`` and ``refresh()``, called only while its tab is visible.
         self.extra_tabs: list[tuple[str, Any]] = []
@@ -128,13 +131,26 @@ class ExplorerApp(pn.viewable.Viewer):
     def show_error(self, err: BaseException) -> None:
         """Show ``err`` in the alert above the results; the session keeps running."""
         self.alert.object = f"**Not applied:** {err}" if isinstance(err, ValueError) else f"**Error:** {err!r}"
-        self.alert.visible = True
+        self.alert.param.update(alert_type="danger", visible=True)
+
+    def show_warning(self, text: str) -> None:
+        """Show ``text`` in the alert as a warning (e.g. a recipe made for other weights)."""
+        self.alert.param.update(object=text, alert_type="warning", visible=True)
+
+    def use_explorer(self, explorer: "Explorer") -> None:
+        """Show ``explorer`` for the current model in this session only (e.g. built from uploaded
+        weights by the Files card); other sessions and the model entries are untouched."""
+        explorer.state.param.watch(partial(self._on_state, explorer), _STATE_PARAMS)
+        self._explorers[self.model_name] = explorer
+        self._explorer, self._shown, self._requested = explorer, None, None  # its setting came with it
+        self._select_model(self.model_name)
 
     def close(self) -> None:
         """Stop this session's compute threads (called when the browser session ends)."""
         self._dispatch.close()
         self.sensitivity.close()
         self.speed.close()
+        self.files.close()
         for _title, view in self.extra_tabs:
             if hasattr(view, "close"):
                 view.close()
@@ -233,6 +249,7 @@ class ExplorerApp(pn.viewable.Viewer):
             self._syncing = False
         self.sensitivity.set_explorer(explorer)
         self.speed.set_explorer(explorer)
+        self.files.set_explorer(explorer)
         for _title, view in self.extra_tabs:
             view.set_explorer(explorer)
         self._refresh()
@@ -384,7 +401,7 @@ class ExplorerApp(pn.viewable.Viewer):
         itself (FastListTemplate's design pulls a Google web font, so it fails offline)."""
         # One root per area: Bokeh re-walks the whole document for every root added.
         return pn.template.BootstrapTemplate(
-            title="Prunescope", sidebar=[pn.Column(*self.controls.widgets(), sizing_mode="stretch_width")],
+            title="Prunescope", sidebar=[pn.Column(*self.controls.widgets(), self.files, sizing_mode="stretch_width")],
             main=[pn.Column(*self._main(), sizing_mode="stretch_width")],
             header_background=ACCENT, header_color="#ffffff", sidebar_width=330,
         )
@@ -395,7 +412,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Row(
-            pn.Column(*self.controls.widgets(), width=320),
+            pn.Column(*self.controls.widgets(), self.files, width=320),
             pn.Column(*self._main(), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import panel as pn
@@ -18,7 +18,9 @@ from bokeh.models import (
 )
 from bokeh.plotting import figure
 
+from prunescope.explorer.app.export_view import ExportMenu
 from prunescope.explorer.app.palette import GLOBAL_BAR, HAND_BAR, KEPT, PRUNED
+from prunescope.explorer.figures import figure_data
 from prunescope.explorer.viewmodel import percent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from prunescope.explorer.core.weights import WeightInfo as LayerInfo
+    from prunescope.explorer.engine import Explorer
+
+ExplorerGetter = Callable[[], "Explorer | None"]
+ErrorHandler = Callable[[BaseException], None]
 
 GLOBAL_LABEL = "from the global setting"
 HAND_LABEL = "set by hand"
@@ -39,10 +45,16 @@ def _style(fig) -> None:
 
 
 class LayerSparsityChart(pn.viewable.Viewer):
-    """Bars of the achieved sparsity of every prunable layer; hand-set layers in their own colour."""
+    """Bars of the achieved sparsity of every prunable layer; hand-set layers in their own colour.
 
-    def __init__(self) -> None:
+    With ``explorer`` (a getter of the explorer shown), an Export control gives the paper figure
+    ``allocation`` of the same setting (the same ``cost().per_layer`` table these bars draw)."""
+
+    def __init__(self, explorer: ExplorerGetter | None = None, on_error: ErrorHandler | None = None) -> None:
         super().__init__()
+        self.export = ExportMenu(
+            "allocation", None if explorer is None else lambda: figure_data("allocation", explorer(), quantity="sparsity"),
+            on_error=on_error)
         self.source = ColumnDataSource(self._empty())
         self.figure = figure(
             title="Per-layer sparsity", x_range=FactorRange(), y_range=Range1d(0, 105),
@@ -98,7 +110,10 @@ class LayerSparsityChart(pn.viewable.Viewer):
         }
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return self._pane
+        if self.export.data is None:
+            return self._pane
+        return pn.Column(pn.Row(pn.HSpacer(), self.export, sizing_mode="stretch_width"), self._pane,
+                         sizing_mode="stretch_width")
 
 
 def mask_as_matrix(mask: "torch.Tensor") -> np.ndarray:
@@ -107,10 +122,15 @@ def mask_as_matrix(mask: "torch.Tensor") -> np.ndarray:
 
 
 class MaskView(pn.viewable.Viewer):
-    """The selected layer's mask as an image: a pixel per weight, rows = output channels."""
+    """The selected layer's mask as an image: a pixel per weight, rows = output channels.
 
-    def __init__(self) -> None:
+    With ``explorer``, an Export control gives the paper figure ``mask`` of the layer shown."""
+
+    def __init__(self, explorer: ExplorerGetter | None = None, on_error: ErrorHandler | None = None) -> None:
         super().__init__()
+        self.export = ExportMenu(
+            "mask", None if explorer is None else lambda: figure_data("mask", explorer(), layer=self.layer),
+            on_error=on_error)
         self.layer_select = pn.widgets.Select(label="Layer shown", options=[], width=200, margin=(0, 10))
         self.source = ColumnDataSource({"image": [], "dw": [], "dh": []})
         self.figure = figure(
@@ -151,4 +171,5 @@ class MaskView(pn.viewable.Viewer):
             self.figure.yaxis.axis_label = "Output neuron"
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(pn.Row(self.layer_select, self._legend), self._pane, sizing_mode="stretch_width")
+        top = [self.layer_select, self._legend] + ([pn.HSpacer(), self.export] if self.export.data is not None else [])
+        return pn.Column(pn.Row(*top, sizing_mode="stretch_width"), self._pane, sizing_mode="stretch_width")

@@ -1,25 +1,55 @@
-"""Measured sensitivity curves, computed in the background with a progress bar and a Cancel button."""
+"""Measured sensitivity curves, computed in the background with a progress bar and a Cancel button.
+
+The curves are drawn from the tidy tables of the paper figures ``sensitivity`` and
+``layer_sensitivity`` (:mod:`prunescope.explorer.figures`), computed from the very sweeps this
+view ran (``Explorer.sensitivity`` is memoised, so the figure data are cache hits); each plot's
+Export control downloads that same table or the figure drawn from it, without sweeping again.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+import pandas as pd
 import panel as pn
 from bokeh.models import ColumnDataSource, Legend, LegendItem, Range1d
 from bokeh.plotting import figure
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.export_view import ExportMenu
 from prunescope.explorer.app.job_view import JobPanel
 from prunescope.explorer.app.palette import OKABE_ITO, method_style, series_colour
 from prunescope.explorer.pruning import METHODS
-from prunescope.explorer.sensitivity import DEFAULT_METHODS, DEFAULT_SPARSITIES
+from prunescope.explorer.figures import figure_data
+from prunescope.explorer.sensitivity import DEFAULT_METHODS, DEFAULT_SPARSITIES, SensitivityResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
     from prunescope.explorer.core.cost import Metrics
-    from prunescope.explorer.sensitivity import SensitivityResult
 
 _CURRENT = {"x": [], "y": [], "label": []}
+
+
+def measure_sensitivity(explorer: "Explorer", progress: Callable[[int, int], None] | None = None,
+                        cancel=None, methods=DEFAULT_METHODS,
+                        sparsities=DEFAULT_SPARSITIES) -> tuple[SensitivityResult, pd.DataFrame, pd.DataFrame]:
+    """The app's sweep: the engine's result and the tables of the figures ``sensitivity`` and
+    ``layer_sensitivity`` for the same sweeps (their data functions hit the sweeps' cache).
+
+    ``progress(done, total)`` counts both sweeps; setting ``cancel`` stops after the current evaluation."""
+    per_method = len(methods) * len(sparsities)
+    total = per_method + len(explorer.layers) * len(sparsities)
+
+    def part(offset: int) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, _total: progress(offset + done, total))
+
+    by_method = explorer.sensitivity(methods=list(methods), sparsities=list(sparsities), per_layer=False,
+                                     progress=part(0), cancel=cancel).by_method
+    by_layer = explorer.sensitivity(methods=[], sparsities=list(sparsities), per_layer=True,
+                                    progress=part(per_method), cancel=cancel).by_layer
+    curves = figure_data("sensitivity", explorer, methods=tuple(methods), sparsities=tuple(sparsities))
+    layers = figure_data("layer_sensitivity", explorer, sparsities=tuple(sparsities))
+    return SensitivityResult(by_method=by_method, by_layer=by_layer), curves, layers
 
 
 def _curve_figure(title: str, x_label: str) -> figure:
@@ -53,7 +83,12 @@ class SensitivityView(pn.viewable.Viewer):
         self._on_error = on_error
         self._explorer: Explorer | None = None
         self.results: dict[str, SensitivityResult] = {}
+        #: Per model: the tables of the figures 'sensitivity' and 'layer_sensitivity' drawn now.
+        self.tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        self._measured_on: dict[str, Explorer] = {}  # a result belongs to the explorer (weights) it measured
         self._method = ""
+        self.method_export = ExportMenu("sensitivity", lambda: self._table(0), on_error=on_error, enabled=False)
+        self.layer_export = ExportMenu("layer_sensitivity", lambda: self._table(1), on_error=on_error, enabled=False)
 
         self.job = JobPanel(dispatch, on_error, run_label="Run sensitivity sweep", name="sensitivity",
                             on_run=self.run)
@@ -88,8 +123,10 @@ class SensitivityView(pn.viewable.Viewer):
         )
         self._layout = pn.Column(
             self.job,
-            pn.Row(pn.pane.Bokeh(self.method_figure, sizing_mode="stretch_width"),
-                   pn.pane.Bokeh(self.layer_figure, sizing_mode="stretch_width"),
+            pn.Row(pn.Column(pn.Row(pn.HSpacer(), self.method_export, sizing_mode="stretch_width"),
+                             pn.pane.Bokeh(self.method_figure, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+                   pn.Column(pn.Row(pn.HSpacer(), self.layer_export, sizing_mode="stretch_width"),
+                             pn.pane.Bokeh(self.layer_figure, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
                    sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
@@ -112,31 +149,50 @@ class SensitivityView(pn.viewable.Viewer):
             self.job.cancel()
             self.mark_measured(None)
         self._explorer = explorer
-        result = self.results.get(explorer.name)
-        if result is None:
+        if not self._measured(explorer):
             self._clear()
             if not self.running:
                 self.status.object = (f"Not measured for <b>{explorer.name}</b> yet: the sweep evaluates "
                                       f"{', '.join(DEFAULT_METHODS)} and every weight at {len(DEFAULT_SPARSITIES)} "
                                       "sparsities (N:M has one sparsity and is a single point).")
         else:
-            self._show(result)
+            self._show(explorer.name)
+
+    def _measured(self, explorer: "Explorer | None") -> bool:
+        """Whether this session measured ``explorer`` (its name and the very weights shown now:
+        after a weight upload the old curves are dropped)."""
+        if explorer is None or explorer.name not in self.results:
+            return False
+        if self._measured_on.get(explorer.name) is not explorer:
+            for store in (self.results, self.tables, self._measured_on):
+                store.pop(explorer.name, None)
+            return False
+        return True
+
+    def _table(self, which: int) -> pd.DataFrame:
+        explorer = self._explorer
+        if not self._measured(explorer):
+            raise ValueError("run the sensitivity sweep first: there is nothing to export yet")
+        return self.tables[explorer.name][which]
 
     def run(self) -> None:
         """Start the sweep for the current model in the background (no-op while one runs)."""
         explorer = self._explorer
         if explorer is None:
             return
-        if explorer.name in self.results:
-            self._show(self.results[explorer.name])
+        if self._measured(explorer):
+            self._show(explorer.name)
             return
 
-        def done(result: "SensitivityResult") -> None:
-            self.results[explorer.name] = result
+        def done(measured: tuple[SensitivityResult, pd.DataFrame, pd.DataFrame]) -> None:
+            if explorer is not self._explorer and explorer.name == self._explorer.name:
+                return  # measured on weights this session no longer uses
+            self.results[explorer.name], self.tables[explorer.name] = measured[0], measured[1:]
+            self._measured_on[explorer.name] = explorer
             if explorer is self._explorer:
-                self._show(result)
+                self._show(explorer.name)
 
-        self.job.start(lambda progress, cancel: explorer.sensitivity(progress=progress, cancel=cancel),
+        self.job.start(lambda progress, cancel: measure_sensitivity(explorer, progress, cancel),
                        done, f"Measuring <b>{explorer.name}</b>…")
 
     def cancel(self) -> None:
@@ -156,40 +212,46 @@ class SensitivityView(pn.viewable.Viewer):
         for source in (self.method_source, self.method_points, self.layer_source, self.layer_points):
             source.data = {k: [] for k in source.data}
         self.layer_figure.legend.visible = False
+        for menu in (self.method_export, self.layer_export):
+            menu.set_enabled(False)
 
-    def _show(self, result: "SensitivityResult") -> None:
-        by_method, by_layer = result.by_method, result.by_layer
-        methods = list(dict.fromkeys(by_method["method"]))
+    def _show(self, name: str) -> None:
+        """Draw the figure tables of model ``name`` (percentages, as in the paper figures)."""
+        curves, per_layer = self.tables[name]
+        methods = list(dict.fromkeys(curves["method"]))
         styles = [method_style(m, i) for i, m in enumerate(methods)]
-        method_curves = [by_method[by_method["method"] == m] for m in methods]
+        method_curves = [curves[curves["method"] == m] for m in methods]
         labels = [METHODS[m].display_name if m in METHODS else m for m in methods]
         self._set_curves(
             self.method_source, self.method_points, labels, [s[0] for s in styles],
-            [s[1] for s in styles], [c["weight_sparsity"] for c in method_curves],
-            [c["accuracy"] for c in method_curves],
+            [s[1] for s in styles], [c["weight_sparsity_pct"] for c in method_curves],
+            [c["accuracy_pct"] for c in method_curves],
         )
         self._widths(methods)
-        layers = list(dict.fromkeys(by_layer["layer"]))
-        layer_curves = [by_layer[by_layer["layer"] == name] for name in layers]
+        layers = list(dict.fromkeys(per_layer["layer"]))
+        layer_curves = [per_layer[per_layer["layer"] == layer] for layer in layers]
         self._set_curves(
             self.layer_source, self.layer_points, layers,
             [series_colour(i) for i in range(len(layers))], ["circle"] * len(layers),
-            [c["sparsity"] for c in layer_curves], [c["accuracy"] for c in layer_curves],
+            [c["layer_sparsity_pct"] for c in layer_curves], [c["accuracy_pct"] for c in layer_curves],
         )
         self.layer_figure.legend.visible = True
-        evaluations = len(by_method) + len(by_layer)
+        for menu in (self.method_export, self.layer_export):
+            menu.set_enabled(True)
+        evaluations = len(curves) + len(per_layer)
         self.status.object = f"Measured: {evaluations} evaluations on the test split."
 
     @staticmethod
     def _set_curves(lines, points, labels, colours, markers, xs, ys) -> None:
+        """Curves from per-series columns already in percent."""
         lines.data = {
-            "xs": [[100 * float(v) for v in x] for x in xs],
-            "ys": [[100 * float(v) for v in y] for y in ys],
+            "xs": [[float(v) for v in x] for x in xs],
+            "ys": [[float(v) for v in y] for y in ys],
             "label": labels, "color": colours, "width": [2.0] * len(labels),
         }
         points.data = {
-            "x": [100 * float(v) for x in xs for v in x],
-            "y": [100 * float(v) for y in ys for v in y],
+            "x": [float(v) for x in xs for v in x],
+            "y": [float(v) for y in ys for v in y],
             "label": [lab for lab, x in zip(labels, xs) for _ in range(len(x))],
             "color": [c for c, x in zip(colours, xs) for _ in range(len(x))],
             "marker": [m for m, x in zip(markers, xs) for _ in range(len(x))],
@@ -203,7 +265,7 @@ class SensitivityView(pn.viewable.Viewer):
     def mark(self, method: str, layer_sparsity: dict[str, float]) -> None:
         """Mark the current setting: its method's curve drawn thicker, a dashed line at each layer's sparsity."""
         self._method = method
-        result = self.results.get(self._explorer.name) if self._explorer is not None else None
+        result = self.results.get(self._explorer.name) if self._measured(self._explorer) else None
         if result is not None:
             self._widths(list(dict.fromkeys(result.by_method["method"])))
         names = list(layer_sparsity)

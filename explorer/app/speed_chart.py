@@ -87,12 +87,18 @@ class SpeedChart(pn.viewable.Viewer):
                                        margin=(24, 10, 10, 10), styles={"font-size": "12px"})
         self._layout = pn.Row(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), self.table, sizing_mode="stretch_width")
 
-    def show(self, report: "SpeedReport", title: str) -> None:
-        """Draw ``report`` under ``title``."""
+    def show(self, report: "SpeedReport", title: str, figure_table: "pd.DataFrame | None" = None) -> None:
+        """Draw ``report`` under ``title``; the bars come from ``figure_table`` when given (the
+        ``speed`` figure's table of this report, ``quantity='speedup'``: what Export saves)."""
         table = report.table
         factors = [WHOLE_MODEL if name == "model" else name for name in table["layer"]]
-        measured = [float(v) for v in table["measured_speedup"]]
-        theoretical = [float(v) for v in table["theoretical_speedup"]]
+        if figure_table is not None:
+            bars = figure_table.pivot(index="layer", columns="estimate", values="speedup_x").loc[factors]
+            measured = [float(v) for v in bars["measured"]]
+            theoretical = [float(v) for v in bars["theoretical"]]
+        else:
+            measured = [float(v) for v in table["measured_speedup"]]
+            theoretical = [float(v) for v in table["theoretical_speedup"]]
         self.figure.x_range.factors = factors
         values = [v for v in measured + theoretical if v > 0 and math.isfinite(v)] + [1.0]
         start, end = min(values) / 1.5, max(values) * 1.5
