@@ -12,9 +12,8 @@ import pytest
 from panel.io.state import set_curdoc
 from torch.func import functional_call
 
-from prunescope.explorer import engine
-
 from prunescope.explorer import Explorer
+from prunescope.explorer.core import forward as core_forward
 from prunescope.explorer.app import ExplorerApp
 from prunescope.explorer.app.dispatch import SessionDispatcher
 
@@ -41,6 +40,15 @@ class FakeSessionDocument:
         for callback in callbacks:
             callback()
 
+    def settle(self, app: ExplorerApp, rounds: int = 10) -> None:
+        """Run the loop until the worker is idle and nothing is queued (a result may ask for more work)."""
+        for _ in range(rounds):
+            assert app.wait_idle()
+            if not self.queued:
+                return
+            self.run_loop_once()
+        raise AssertionError("the session kept queueing work")
+
 
 def test_without_a_session_updates_run_inline():
     dispatch = SessionDispatcher()
@@ -50,6 +58,9 @@ def test_without_a_session_updates_run_inline():
     dispatch.close()
     dispatch(lambda: ran.append(2))
     assert ran == [1]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -68,25 +79,26 @@ def test_worker_results_are_applied_on_the_session_loop_only(served):
     assert app.wait_idle()
     assert app.metrics.metrics is None and app.metrics.accuracy.pending  # nothing applied off-loop
     assert doc.queued and all(t is not threading.main_thread() for t in doc.queued_from)
-    doc.run_loop_once()
+    doc.settle(app)
     assert app.metrics.metrics.accuracy == app.explorer.evaluate().accuracy
     assert not app.metrics.accuracy.pending
 
 
 def test_only_the_latest_setting_is_shown(served):
     doc, app = served
+    doc.settle(app)
     for sparsity in (0.2, 0.5, 0.9):
         app.controls.sparsity.value = sparsity
-    assert app.wait_idle()
-    doc.run_loop_once()  # results of older settings may be queued too: they are dropped
+    doc.settle(app)  # results of older settings may be queued too: they are dropped
     assert app.metrics.metrics.sparsity == pytest.approx(0.9, abs=1e-3)
     assert app.metrics.metrics.accuracy == app.explorer.evaluate().accuracy
 
 
 def test_session_end_stops_its_threads(served):
     doc, app = served
-    assert len(doc.destroyed) == 1
-    doc.destroyed[0](doc.session_context)
+    assert doc.destroyed
+    for callback in doc.destroyed:
+        callback(doc.session_context)
     assert app._dispatch.closed
     with pytest.raises(RuntimeError, match="closed"):
         app._worker.submit(lambda: None, lambda r: None)
@@ -111,7 +123,7 @@ def test_one_model_never_runs_on_two_threads_at_once(monkeypatch):
             with guard:
                 running.remove(threading.current_thread())
 
-    monkeypatch.setattr(engine, "functional_call", tracked)
+    monkeypatch.setattr(core_forward, "functional_call", tracked)
     app = ExplorerApp(model="digits_mlp")
     try:
         app.controls.method.value = "snip"
@@ -120,7 +132,7 @@ def test_one_model_never_runs_on_two_threads_at_once(monkeypatch):
             app.controls.seed.value = seed
         assert app.wait_idle()
         assert overlaps == []
-        reference = Explorer.from_sample("digits_mlp").evaluate(spec=app.explorer.state.spec())
+        reference = Explorer.from_sample("digits_mlp").evaluate(setting=app.explorer.setting)
         assert app.metrics.metrics.accuracy == reference.accuracy
     finally:
         app.wait_idle()
@@ -135,8 +147,11 @@ def test_page_is_a_bootstrap_template_with_the_views():
         (sidebar,), (main,) = page.sidebar.objects, page.main.objects  # one root per area
         assert app.controls.sparsity in sidebar.objects
         main = main.objects
-        assert any(view is app.metrics.__panel__() for view in main)
-        assert any(view is app.sensitivity.__panel__() for view in main)
+        assert any(view is app.metrics.__panel__() for view in main) and app.tabs in main
+        tabs = dict(zip(app.tabs._names, app.tabs.objects))
+        assert list(tabs)[:3] == ["Pruning", "Sensitivity", "Speed"] and app.active_tab == "Pruning"
+        assert any(v is app.sensitivity.__panel__() for v in tabs["Sensitivity"].objects)
+        assert any(v is app.speed.__panel__() for v in tabs["Speed"].objects)
         assert isinstance(app.__panel__(), pn.Row)  # notebooks get the same views without the page
     finally:
         app.wait_idle()
