@@ -1,6 +1,6 @@
 """Token-pruned forward vs the dense forward of a ViT, on the full test split, same run.
 
-    .venv/bin/python benchmarks/tokens.py [--repeats 15] [--keeps 0.5 0.25] [--batch-size 0]
+    .venv/bin/python benchmarks/tokens.py [--repeats 15] [--keeps 0.5 0.25] [--batch-size 0] [--threads 0]
 
 On ``shapes_vit`` when the sample-model registry has it (shipped weights if present, else its
 seeded initialisation, said in the output), otherwise on a small timm-layout ViT built here. For
@@ -93,7 +93,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--batch-size", type=int, default=0, help="0: the whole split in one batch")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, x, y, label = load_model()
     batch = args.batch_size or len(x)
     adapter = find_adapter(model, example=x[:1])

@@ -226,7 +226,7 @@ class SequenceAdapter(TokenAdapter):
         return x
 
     def attention_dims(self, block: nn.Module) -> tuple[int, int]:
-        return int(0), int(0)
+        return 0, 0
 
     def install_bias(self, block, get_bias) -> list[Any]:
         return []

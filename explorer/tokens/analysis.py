@@ -3,6 +3,7 @@ token maps, retention maps and coverage, accuracy-vs-budget curves, Captum attri
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Callable, Sequence
 
@@ -235,7 +236,7 @@ def attributions(
     x = image[None] if image.dim() == 3 else image
 
     def run(inputs: torch.Tensor) -> torch.Tensor:
-        with intervention() if intervention is not None else _null():
+        with intervention() if intervention is not None else contextlib.nullcontext():
             return functional_call(model, params, (inputs,), strict=False)
 
     with eval_mode(model):
@@ -256,11 +257,3 @@ def attributions(
             attr = Occlusion(run).attribute(x, sliding_window_shapes=shape, strides=shape, target=target)
     return {"attribution": attr[0].detach(), "delta": delta, "prediction": prediction,
             "probability": float(probs[prediction]), "target": target}
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

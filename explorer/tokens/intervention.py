@@ -22,7 +22,7 @@ from prunescope.explorer.core.setting import TokenSetting, freeze_options
 from prunescope.explorer.tokens.adapters import TokenAdapter
 from prunescope.explorer.tokens.budget import kept_count, token_budget
 from prunescope.explorer.tokens.context import DROP, RECYCLE, SelectionContext
-from prunescope.explorer.tokens.strategies import Plan, TokenStrategy, get_strategy, strategy_options
+from prunescope.explorer.tokens.strategies import STRATEGIES, Plan, TokenStrategy, get_strategy, strategy_options
 
 #: Token status codes in a :class:`TokenRecord`'s maps.
 KEPT, MERGED, RECYCLED, DROPPED = 0, 1, 2, 3
@@ -235,7 +235,8 @@ def token_intervention(
     Validates first (ValueError: wrong number of budgets, keep outside (0, 1] or increasing, a
     strategy that reads attention on attention-free blocks, unknown options), so a bad setting
     never touches the module. ``record`` collects per-block token maps (and attention). The
-    random draws are seeded by ``setting.seed + seed_offset``.
+    random draws are seeded by ``setting.seed + seed_offset``. The hooks live on ``model`` while
+    the context is open: serialise forwards on one module, as ``core.forward`` already requires.
     """
     strategy = get_strategy(setting.strategy)
     options = strategy_options(setting.strategy, **dict(setting.options))
@@ -246,15 +247,9 @@ def token_intervention(
         raise ValueError(
             f"token strategy {setting.strategy!r} reads attention, but the model's blocks "
             f"({adapter.kind}) have none; strategies that work without attention: "
-            + ", ".join(n for n, s in _strategies().items() if not s.needs_attention)
+            + ", ".join(n for n, s in STRATEGIES.items() if not s.needs_attention)
         )
     return _intervene(model, adapter, strategy, options, keep, record, setting.seed + seed_offset)
-
-
-def _strategies() -> dict[str, TokenStrategy]:
-    from prunescope.explorer.tokens.strategies import STRATEGIES
-
-    return STRATEGIES
 
 
 @contextlib.contextmanager

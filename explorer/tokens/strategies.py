@@ -348,7 +348,10 @@ class Merge(TokenStrategy):
 class Adaptive(TokenStrategy):
     """ATP-LLaVA-style per-image budget (Ye et al., CVPR 2025): each image keeps the fewest tokens
     whose share of the attention mass reaches ``mass``, at most ``ceil(keep * patches)`` and at
-    least ``min_tokens``; the kept count varies by image (batches are padded and masked)."""
+    least ``min_tokens``; the kept count varies by image. A batch is padded to its largest count;
+    padding tokens are zeros that every later attention masks out as keys (-inf), so a CLS-pooled
+    model gives exactly its per-image result. A model that mean-pools over all tokens would
+    average the padding in: run it one image at a time (``forward(..., batch_size=1)``)."""
 
     name = "adaptive"
     display_name = "Adaptive per-image (ATP-LLaVA)"
