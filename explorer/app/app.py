@@ -408,6 +408,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def servable(self, title: str | None = None, **kwargs: Any) -> pn.template.BootstrapTemplate:
         """Serve the full page (template with sidebar) in ``panel serve``."""
+        serve_css_locally()
         return self.template().servable(title=title or "Prunescope", **kwargs)
 
     def __panel__(self) -> pn.viewable.Viewable:
@@ -416,6 +417,23 @@ class ExplorerApp(pn.viewable.Viewer):
             pn.Column(*self._main(), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
+
+
+def serve_css_locally() -> None:
+    """Make this session's Panel stylesheets come from this server, never from cdn.holoviz.org.
+
+    Panel points a component's stylesheets at its CDN unless the session's document says where
+    its own static files are (``dist_url``), which Panel records only when it renders the HTML
+    page. A session that Bokeh builds again when the websocket connects (the first one expired
+    while a slow page loaded: ``--unused-session-lifetime``) never gets it, and every card,
+    button and select then asks the CDN for its CSS (offline: unstyled, 15 failed requests).
+    Setting it before the first model is built fixes both; in CDN resource mode nothing changes.
+    """
+    from panel.io.resources import get_dist_path, use_cdn
+
+    doc = pn.state.curdoc
+    if doc is not None and doc.session_context is not None and not use_cdn():
+        doc._template_variables.setdefault("dist_url", get_dist_path())
 
 
 def create_app(model: str | None = "digits_mlp", models: "dict[str, ModelEntry] | None" = None,
