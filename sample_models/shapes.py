@@ -157,7 +157,7 @@ def shapes_vit() -> SampleModel:
         build=_build_vit,
         load_split=shapes_split,
         prunable_weights=vit_prunable_weights(VIT_CONFIG["depth"]),
-        train_config={"epochs": 12, "lr": 2e-3, "batch_size": 64, "optimizer": "adamw",
+        train_config={"epochs": 24, "lr": 2e-3, "batch_size": 64, "optimizer": "adamw",
                       "weight_decay": 0.05, "warmup_fraction": 0.05, "schedule": "cosine",
                       "augment": "dihedral"},
         image_shape=(3, IMAGE_SIZE, IMAGE_SIZE),
