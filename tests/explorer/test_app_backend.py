@@ -11,12 +11,16 @@ import pytest
 
 from prunescope.explorer.app import ExplorerApp, app as app_module
 from prunescope.explorer.app.backends import WARMUP_KEY, evaluation_backends, kernel_warmup
+from prunescope.explorer.viewmodel import percent
 
 EXPLORER_DIR = Path(app_module.__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def _percent(fraction: float) -> str:
-    return f"{100 * fraction:.1f} %"
+    return percent(fraction)  # the one rounding every view uses
 
 
 def test_select_offers_the_available_backends(app):
@@ -59,13 +63,15 @@ def test_switching_model_keeps_the_backend(app):
 def test_evaluation_waits_for_the_warmup_on_the_worker(app, monkeypatch):
     warming: Future = Future()
     monkeypatch.setattr(app_module, "warmup_for", lambda backend: None if backend == "torch" else warming)
-    app.controls.backend.value = "numba-cpu"  # returns at once: the wait is on the worker thread
-    assert app.metrics.accuracy.pending and "compile" in app.metrics.accuracy.note
-    app.controls.sparsity.value = 0.6  # the app stays usable: instant numbers follow
-    assert app.metrics.cost.sparsity == pytest.approx(app.explorer.cost().sparsity)
-    assert app.metrics.sparsity.value == _percent(app.explorer.cost().sparsity)
-    assert not app.wait_idle(0.3)  # still waiting for the kernels
-    warming.set_result(None)
+    try:
+        app.controls.backend.value = "numba-cpu"  # returns at once: the wait is on the worker thread
+        assert app.metrics.accuracy.pending and "compile" in app.metrics.accuracy.note
+        app.controls.sparsity.value = 0.6  # the app stays usable: instant numbers follow
+        assert app.metrics.cost.sparsity == pytest.approx(app.explorer.cost().sparsity)
+        assert app.metrics.sparsity.value == _percent(app.explorer.cost().sparsity)
+        assert not app.wait_idle(0.3)  # still waiting for the kernels
+    finally:
+        warming.set_result(None)
     assert app.wait_idle(120)
     expected = app.explorer.evaluate(backend="numba-cpu")
     assert app.metrics.metrics.accuracy == expected.accuracy and not app.metrics.accuracy.pending
