@@ -10,7 +10,13 @@ directory is ``$PRUNESCOPE_CACHE_DIR`` when set, else ``platformdirs.user_cache_
 Pruned features are placed by an inverse-distance-weighted mean of the fitted positions of their
 ``k`` nearest dense points (:func:`place_neighbors`); a point equal to a dense point lands exactly
 on it, so at sparsity 0 nothing moves. umap's own ``transform`` is available for comparison
-(``placement="transform"``); ``benchmarks/geometry.py`` measures both.
+(``placement="transform"``). ``benchmarks/geometry.py`` measured both on the full test splits
+(digits_mlp / digits_cnn / shapes_vit, 2-core machine at load ~10): neighbours (k=5) 10-330 ms per
+placement, ``transform`` 0.4-11 s; agreement of the 10 nearest dense points (feature space vs
+embedding) for held-out dense points 0.60 / 0.63 / 0.47 vs 0.59 / 0.63 / 0.50, at 50 % magnitude
+sparsity 0.60 / 0.65 / 0.47 vs 0.59 / 0.63 / 0.49, at 90 % 0.02 / 0.11 / 0.36 vs 0.09 / 0.19 / 0.29
+(there the features leave the dense manifold and neither placement keeps neighbourhoods). Equal
+fidelity where it matters, exact at sparsity 0 and 5-50x faster: neighbours are the default.
 """
 
 from __future__ import annotations
