@@ -79,6 +79,7 @@ def test_resume_after_exception_equals_uninterrupted(reference, mlp_inputs, tmp_
     _assert_runs_equal(run, load_run(path))
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: > 20 s on a loaded 2-core machine
 def test_resume_after_sigkill_equals_uninterrupted(reference, tmp_path):
     run, _ = reference
     path = tmp_path / "run"
