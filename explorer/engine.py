@@ -382,8 +382,9 @@ class Explorer:
         return cost_of(masks, self._profile, self._params_total, flops_dense=total, flops_scale=scale)
 
     def _token_flops(self, tokens: TokenSetting) -> tuple[int, dict[str, float]]:
-        """FLOPs per sample of the token-pruned dense model, and the factor by which each prunable
-        weight's FLOPs shrink (tokens its block processes over the dense count)."""
+        """FLOPs per sample of the token-pruned dense model (attention, the strategy's own
+        selection work and merges included), and the factor by which each prunable weight's FLOPs
+        shrink (tokens its block processes over the dense count)."""
         from prunescope.explorer.tokens import token_cost
 
         adapter = self._token_adapter()

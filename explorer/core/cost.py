@@ -86,21 +86,24 @@ def cost_of(masks: dict[str, torch.Tensor], profile: ModelProfile, params_total:
     """Per-weight and whole-model sparsity, parameters and FLOPs of ``masks`` (missing weights are dense).
 
     ``flops_scale`` optionally scales each weight's FLOPs (a token budget running it on fewer
-    tokens); ``flops_dense`` then is the token-pruned model's total before weight pruning.
+    tokens); ``flops_dense`` then is the token-pruned model's total before weight pruning. Each
+    weight's ``flops_dense`` stays the dense model's; its ``flops_effective`` is what it costs
+    under both the mask and the token budget.
     """
-    rows = []
+    rows, removed = [], 0
     for w in profile.weights:
         mask = masks.get(w.name)
         kept = w.numel if mask is None else int(mask.sum())
-        dense = int(round(w.flops_dense * (flops_scale or {}).get(w.name, 1.0)))
+        scaled = w.flops_dense * (flops_scale or {}).get(w.name, 1.0)  # on the tokens that remain
+        effective = int(round(scaled * kept / w.numel))
+        removed += int(round(scaled)) - effective
         rows.append(WeightCost(
             name=w.name, kind=w.kind, shape=w.shape, params=w.numel, kept=kept,
-            flops_dense=dense, flops_effective=int(round(dense * kept / w.numel)),
+            flops_dense=w.flops_dense, flops_effective=effective,
         ))
     prunable = sum(r.params for r in rows)
     kept = sum(r.kept for r in rows)
     total = profile.flops_dense if flops_dense is None else flops_dense
-    removed = sum(r.flops_dense - r.flops_effective for r in rows)
     return Cost(
         sparsity=1.0 - kept / prunable,
         params_total=params_total,

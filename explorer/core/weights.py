@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunescope.explorer.core.forward import eval_mode
@@ -153,14 +154,16 @@ def profile_model(model: nn.Module, sample: torch.Tensor, names: Sequence[str]) 
     """Run ``model`` once on ``sample`` (a batch of one) to find each weight's use order and FLOPs.
 
     Runs with autograd enabled (no backward) so that fused inference fast paths, which
-    FlopCounterMode cannot see into (``nn.TransformerEncoderLayer``'s), are not taken.
+    FlopCounterMode cannot see into (``nn.TransformerEncoderLayer``'s), are not taken, and with
+    SDPA's math kernel, whose matmuls it counts (it has no formula for the fused CPU kernel, so
+    attention would otherwise count as zero FLOPs).
     """
     params = dict(model.named_parameters())
     storages = {params[n].untyped_storage().data_ptr(): n for n in names}
     if len(storages) != len(names):
         raise ValueError("two prunable weights share storage (tied weights); name only one of them")
     counter = _AttributingCounter(storages)
-    with eval_mode(model), torch.enable_grad(), counter:
+    with eval_mode(model), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(sample)
     unused = [n for n in names if n not in counter.order]
     if unused:
