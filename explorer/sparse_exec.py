@@ -100,11 +100,14 @@ def dense_copy(explorer: "Explorer") -> nn.Module:
     return model
 
 
-def _called_modules(model: nn.Module, x: torch.Tensor) -> set[str]:
-    """Names of the modules whose own forward runs when ``model`` runs on ``x``."""
-    seen: set[str] = set()
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.add(name))
-             for name, m in model.named_modules()]
+def _module_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
+    """The positional arguments each module of ``names`` receives when ``model`` runs on ``x``
+    (modules whose own forward never runs, e.g. read by their parent, are absent)."""
+    seen: dict[str, tuple] = {}
+    hooks = [
+        model.get_submodule(name).register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args))
+        for name in names
+    ]
     try:
         with torch.no_grad():
             model(x)
@@ -123,14 +126,14 @@ def build_sparse_model(explorer: "Explorer", setting: WeightSetting, backend: st
     model = dense_copy(explorer)
     fmt = get_method(setting.method).execution_format(dict(setting.options))
     if fmt["format"] == "compacted":
-        from prunescope.explorer.core.graph import compact_model
+        from prunescope.explorer.core.compact import compact_model
 
         groups = explorer.channel_groups()
         keep = {g.index: masks[g.producers[0][0]].flatten(1).any(1) for g in groups
                 if g.prunable and g.producers[0][0] in masks}
         small = compact_model(model, groups, keep)
         return small, {name: "compacted dense" for name in explorer.weights}
-    called = _called_modules(model, explorer.eval_data[0][:1])
+    called = set(_module_inputs(model, [n for n, _ in model.named_modules()], explorer.eval_data[0][:1]))
     modules = dict(model.named_modules())
     formats = {}
     for name in explorer.weights:
@@ -180,22 +183,6 @@ class SpeedReport:
     @property
     def whole(self) -> pd.Series:
         return self.table.iloc[-1]
-
-
-def _module_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
-    """The positional arguments each module of ``names`` receives when ``model`` runs on ``x``."""
-    seen: dict[str, tuple] = {}
-    hooks = [
-        model.get_submodule(name).register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args))
-        for name in names
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return seen
 
 
 def benchmark(explorer: "Explorer", setting: WeightSetting, backend: str = "numba-cpu",
