@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.engine import Explorer
 
 _NOTE = {"font-size": "12px", "color": "#4b5563"}
+#: Long slider titles ("Global sparsity (achieved, of the prunable weights): 90.0%") wrap inside
+#: the sidebar instead of running off its edge with the value hidden.
+_WRAP_TITLE = ":host .bk-slider-title { white-space: normal; overflow-wrap: anywhere; }"
 
 
 def _set(widget: pn.viewable.Viewable, **values) -> None:
@@ -29,6 +32,22 @@ def _set(widget: pn.viewable.Viewable, **values) -> None:
         widget.param.update(**changed)
 
 
+def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> None:
+    """Like :func:`_set`, but a value within half a step of the slider's own is the same position:
+    sending it back (0.35 for the browser's 0.35000000000000003) would make the handle jump back
+    under a user pressing keys faster than the server answers, and lose their key presses."""
+    if abs(slider.value - value) > values.get("step", slider.step) / 2 - 1e-12:
+        values["value"] = value
+    _set(slider, **values)
+
+
+def _doc_with_range(option: Option) -> str | None:
+    low, high = option.bounds or (None, None)
+    if low is None and high is None:
+        return option.doc or None
+    return f"{option.doc} Allowed: {low} to {high}.".strip()
+
+
 def option_widget(option: Option) -> pn.widgets.Widget:
     """A Panel widget for one method option."""
     if option.kind == "select":
@@ -36,13 +55,12 @@ def option_widget(option: Option) -> pn.widgets.Widget:
                                  description=option.doc or None)
     if option.kind == "bool":
         return pn.widgets.Checkbox(name=option.label, value=option.value)
+    # No start/end in the browser: it would clamp N=0 to 1 silently; the engine refuses an
+    # out-of-range value with an alert that names it and the range, and the field shows the state.
     if option.kind == "int":
-        low, high = option.bounds or (None, None)
-        return pn.widgets.IntInput(name=option.label, value=option.value, start=low, end=high,
-                                   description=option.doc or None)
+        return pn.widgets.IntInput(name=option.label, value=option.value, description=_doc_with_range(option))
     if option.kind == "float":
-        low, high = option.bounds or (None, None)
-        return pn.widgets.FloatInput(name=option.label, value=option.value, start=low, end=high)
+        return pn.widgets.FloatInput(name=option.label, value=option.value, description=_doc_with_range(option))
     return pn.widgets.TextInput(name=option.label, value=str(option.value))
 
 
@@ -59,12 +77,15 @@ class Controls:
         self.description = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
         self.sparsity = pn.widgets.FloatSlider(
             name="Global sparsity", start=0.0, end=MAX_SPARSITY, step=STEP, value=0.0, format="0.0%",
+            stylesheets=[_WRAP_TITLE], sizing_mode="stretch_width",
         )
         self.achieved = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
         self.option_box = pn.Column(sizing_mode="stretch_width", margin=0)
         self.option_widgets: dict[str, pn.widgets.Widget] = {}
         self._option_method: str | None = None
-        self.seed = pn.widgets.IntInput(name="Seed", start=0, end=2**31 - 1, value=0)
+        # unbounded in the browser (it would clamp -1 to 0 silently): the engine refuses and says why
+        self.seed = pn.widgets.IntInput(name="Seed", value=0, description="Seed of the random choices; "
+                                        "an integer from 0 to 2**63 - 1.")
         self.backend = pn.widgets.Select(name="Evaluate with", options=list(backends or ["torch"]), value="torch")
         self.backend_note = pn.pane.HTML(BACKEND_NOTES["torch"], styles=_NOTE, margin=(0, 10))
         self.layer_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
@@ -75,7 +96,8 @@ class Controls:
         """Replace the per-weight sliders with one per weight of ``layers`` (returns them)."""
         self.layer_sliders = {
             name: pn.widgets.FloatSlider(name=name, start=0.0, end=MAX_SPARSITY, step=STEP,
-                                         value=0.0, format="0.0%", sizing_mode="stretch_width")
+                                         value=0.0, format="0.0%", sizing_mode="stretch_width",
+                                         stylesheets=[_WRAP_TITLE])
             for name in layers
         }
         self.layer_box.objects = list(self.layer_sliders.values())
@@ -106,7 +128,7 @@ class Controls:
         _set(self.method, value=vm.method)
         _set(self.description, object=vm.description)
         s = vm.sparsity
-        _set(self.sparsity, value=s.value, disabled=s.disabled, name=s.label)
+        _set_slider(self.sparsity, s.value, disabled=s.disabled, name=s.label)
         _set(self.achieved, object=vm.achieved)
         for option in vm.options:
             widget = self.option_widgets.get(option.name)
@@ -122,8 +144,8 @@ class Controls:
         for slider_vm in vm.weights:
             slider = self.layer_sliders.get(slider_vm.name)
             if slider is not None:
-                _set(slider, start=slider_vm.start, end=slider_vm.end, step=slider_vm.step, value=slider_vm.value,
-                     name=slider_vm.label, disabled=slider_vm.disabled)
+                _set_slider(slider, slider_vm.value, start=slider_vm.start, end=slider_vm.end, step=slider_vm.step,
+                            name=slider_vm.label, disabled=slider_vm.disabled)
         _set(self.layer_note, object=vm.weights_note)
 
     def widgets(self) -> list[pn.viewable.Viewable]:

@@ -14,12 +14,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.core.cost import Cost, Metrics
 
 _CSS = """
-.ps-metric { font-family: system-ui, sans-serif; padding: 8px 14px; border-radius: 6px;
-  background: #f7f9fb; border-left: 4px solid #0072B2; }
+.ps-metric { font-family: system-ui, sans-serif; padding: 6px 10px; border-radius: 6px;
+  background: #f7f9fb; border-left: 4px solid #0072B2; box-sizing: border-box; min-width: 0; }
 .ps-metric.ps-pending .ps-value { color: #6b7280; }
-.ps-title { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #4b5563; }
-.ps-value { font-size: 24px; white-space: nowrap; font-weight: 600; color: #111827; line-height: 1.25; }
-.ps-dense { font-size: 12px; color: #4b5563; white-space: nowrap; }
+.ps-title { font-size: 11px; text-transform: uppercase; letter-spacing: .03em; color: #4b5563;
+  overflow-wrap: anywhere; }
+.ps-value { font-size: 21px; white-space: nowrap; font-weight: 600; color: #111827; line-height: 1.25; }
+.ps-dense { font-size: 12px; color: #4b5563; overflow-wrap: anywhere; }
 .ps-dense b { color: #111827; font-weight: 600; }
 """
 
@@ -37,7 +38,7 @@ class MetricCard(pn.viewable.Viewer):
     def __init__(self, **params) -> None:
         super().__init__(**params)
         self._pane = pn.pane.HTML(self._html(), stylesheets=[_CSS], margin=(4, 6),
-                                  styles={"flex": "1 1 185px"})
+                                  styles={"flex": "1 1 112px", "min-width": "0"})
         self.param.watch(self._render, ["title", "value", "dense", "note", "pending"])
 
     def _html(self) -> str:

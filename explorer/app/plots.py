@@ -57,13 +57,14 @@ class LayerSparsityChart(pn.viewable.Viewer):
             on_error=on_error)
         self.source = ColumnDataSource(self._empty())
         self.figure = figure(
-            title="Per-layer sparsity", x_range=FactorRange(), y_range=Range1d(0, 105),
+            title="Per-layer sparsity", x_range=FactorRange(), y_range=Range1d(0, 112),
             height=270, sizing_mode="stretch_width", tools="save", output_backend="svg",
             x_axis_label="Prunable layer (execution order)",
             y_axis_label="Sparsity (% of weights removed)",
         )
+        # above the frame, never over a bar or its value label
         self.figure.add_layout(Legend(orientation="horizontal", location="top_left", label_text_font_size="11px",
-                                      background_fill_alpha=0.8, padding=3, spacing=12))
+                                      border_line_color=None, padding=0, spacing=12, margin=4), "above")
         self.figure.vbar(
             x="layer", top="sparsity_pct", width=0.7, source=self.source,
             color="color", legend_field="origin",
@@ -77,7 +78,7 @@ class LayerSparsityChart(pn.viewable.Viewer):
             ("weights kept", "@kept{0,0} of @params{0,0}"),
             ("FLOPs / sample", "@flops_effective{0,0} of @flops_dense{0,0}"),
         ]))
-        self.figure.yaxis.ticker = FixedTicker(ticks=[0, 20, 40, 60, 80, 100])  # the legend sits above 100
+        self.figure.yaxis.ticker = FixedTicker(ticks=[0, 20, 40, 60, 80, 100])  # the value labels sit above 100
         _style(self.figure)
         self._pane = pn.pane.Bokeh(self.figure, sizing_mode="stretch_width")
 

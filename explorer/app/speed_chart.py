@@ -83,9 +83,11 @@ class SpeedChart(pn.viewable.Viewer):
             ("theoretical", "@theoretical{0.00}×"), ("dense / sparse", "@dense_ms{0.000} / @sparse_ms{0.000} ms"),
         ]))
         self.frame = pd.DataFrame(columns=list(TABLE_COLUMNS))
-        self.table = pn.pane.DataFrame(self.frame, index=False, float_format=_number, border=0, width=430,
-                                       margin=(24, 10, 10, 10), styles={"font-size": "12px"})
-        self._layout = pn.Row(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), self.table, sizing_mode="stretch_width")
+        self.table = pn.pane.DataFrame(self.frame, index=False, float_format=_number, border=0,
+                                       margin=(4, 10, 10, 10), sizing_mode="stretch_width",
+                                       styles={"font-size": "12px", "overflow-x": "auto"})
+        self._layout = pn.Column(pn.pane.Bokeh(fig, sizing_mode="stretch_width"), self.table,
+                                 sizing_mode="stretch_width")
 
     def show(self, report: "SpeedReport", title: str, figure_table: "pd.DataFrame | None" = None) -> None:
         """Draw ``report`` under ``title``; the bars come from ``figure_table`` when given (the

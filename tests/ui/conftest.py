@@ -1,4 +1,6 @@
-"""Fixtures of the browser tests: one ``panel serve explorer`` and one Chromium per module."""
+"""Fixtures of the browser tests: one ``panel serve explorer`` and one Chromium per module.
+
+Timeouts are generous: on a loaded 2-core machine a first page load takes 20-40 s."""
 
 from __future__ import annotations
 
@@ -9,13 +11,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # ui_helpers, shared with screenshot.py
 
-from ui_helpers import CHROMIUM, launch_chromium, panel_server  # noqa: E402
+from ui_helpers import CHROMIUM, launch_chromium, panel_server, record_requests  # noqa: E402
+
+SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    with panel_server() as url:
-        yield url
+def server():
+    """The module's server (``.url``, ``.pid``, ``.log()``, ``.tracebacks()``)."""
+    with panel_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def app_url(server):
+    return server.url
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +39,28 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
-    """A fresh browser session on the app (1400x900), with its page errors and outside requests."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+def open_page(browser, url: str, width: int = 1400, height: int = 900):
+    """A new browser session on ``url`` recording its errors and requests (``record_requests``)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.errors, page.outside_requests = [], []
-    page.on("pageerror", lambda err: page.errors.append(str(err)))
-    page.on("request", lambda req: page.outside_requests.append(req.url)
-            if not req.url.startswith(("http://localhost", "data:", "blob:")) else None)
-    page.goto(app_url)
+    page.set_default_timeout(120_000)
+    record_requests(page)
+    page.goto(url, timeout=180_000)
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh browser session on the app (1400x900); the test fails on a server traceback."""
+    before = len(server.tracebacks())
+    page = open_page(browser, server.url)
     yield page
-    context.close()
+    page.context.close()
+    assert server.tracebacks()[before:] == []
+
+
+@pytest.fixture(scope="session")
+def shots_dir() -> Path:
+    """Where the browser tests leave their screenshots (build/screenshots, to look at)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS

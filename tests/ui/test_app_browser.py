@@ -13,23 +13,22 @@ pytestmark = pytest.mark.ui
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
 
 
-def _percent(fraction: float) -> str:
-    return f"{100 * fraction:.1f} %"
+from prunescope.explorer.viewmodel import percent as _percent
 
 
 def test_page_loads_offline_and_shows_measured_metrics(page):
     dense = Explorer.from_sample("digits_mlp").dense_metrics()
-    assert wait_for_metrics(page, timeout_ms=90_000) == _percent(dense.accuracy)
+    assert wait_for_metrics(page, timeout_ms=180_000) == _percent(dense.accuracy)
     for key in ("loss", "params", "flops", "sparsity"):
         expect(page.locator(f"[data-metric={key}] .ps-value")).not_to_have_text("–")
     expect(page.locator("[data-metric=params] .ps-value")).to_have_text(f"{dense.params_nonzero:,}")
-    expect(page.locator(".bk-slider-title", has_text="fc1")).to_be_visible()
+    expect(page.locator(".bk-slider-title", has_text="fc1.weight")).to_be_visible()
     assert page.outside_requests == []  # no CDN, no web fonts
     assert page.errors == []
 
 
 def test_moving_the_global_slider_changes_the_accuracy(page):
-    before = wait_for_metrics(page, timeout_ms=90_000)
+    before = wait_for_metrics(page, timeout_ms=180_000)
     handle = slider_handle(page, "Global sparsity")
     handle.focus()
     for _ in range(16):  # PageUp moves 5 steps of 1 %
@@ -43,11 +42,11 @@ def test_moving_the_global_slider_changes_the_accuracy(page):
 
 
 def test_switching_model_shows_the_cnn_layers(page):
-    wait_for_metrics(page, timeout_ms=90_000)
+    wait_for_metrics(page, timeout_ms=180_000)
     select_by_label(page, "Model").select_option("digits_cnn")
     titles = page.locator(".bk-slider-title")
-    expect(titles.filter(has_text="conv1")).to_be_visible(timeout=20_000)
-    layers = [re.match(r"(\w+)", t).group(1) for t in titles.all_inner_texts()[1:]]
+    expect(titles.filter(has_text="conv1.weight")).to_be_visible(timeout=20_000)
+    layers = [re.match(r"([\w.]+?):", t).group(1) for t in titles.all_inner_texts()[1:]]
     assert layers == Explorer.from_sample("digits_cnn").layers
     dense = Explorer.from_sample("digits_cnn").dense_metrics()
     expect(accuracy_card(page)).to_have_text(_percent(dense.accuracy), timeout=15_000)

@@ -177,3 +177,67 @@ def input_by_label(page, label: str):
 def alert(page):
     """The app's alert above the tabs."""
     return page.locator(".alert-danger")
+
+
+#: Finds what does not fit: text clipped by its own box, text or charts outside the page region
+#: (sidebar or main) that holds them or outside the viewport, a chart's drawing outside its pane.
+#: Walks shadow roots (Bokeh renders every component inside one). Returns one line per problem.
+_LAYOUT_JS = r"""(regionSelectors) => {
+  const problems = [];
+  const vw = document.documentElement.clientWidth;
+  const up = (el) => el.parentElement || (el.getRootNode && el.getRootNode().host) || null;
+  const region = (el) => { for (let e = up(el); e; e = up(e)) { if (e.matches && regionSelectors.some(s => e.matches(s))) return e; } return null; };
+  const name = (el) => `${el.tagName.toLowerCase()}.${String(el.className.baseVal ?? el.className).split(' ')[0]}`
+                        + ` "${(el.textContent || '').trim().slice(0, 40)}"`;
+  const visible = (r) => r.width > 0 && r.height > 0;
+  const inside = (r, p, tol = 1.5) => r.left >= p.left - tol && r.right <= p.right + tol
+                                      && r.top >= p.top - tol && r.bottom <= p.bottom + tol;
+  const insideX = (r, p, tol = 1.5) => r.left >= p.left - tol && r.right <= p.right + tol;
+  const TEXT = '.bk-slider-title, label, .ps-title, .ps-value, .ps-dense, .bk-tab, button, p, b, span, td, th, text';
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.shadowRoot) walk(el.shadowRoot);
+      if (!el.matches(TEXT)) continue;
+      const r = el.getBoundingClientRect();
+      if (!visible(r) || !(el.textContent || '').trim()) continue;
+      const style = getComputedStyle(el);
+      if (style.visibility === 'hidden') continue;
+      if (r.right > vw + 1 || r.left < -1) problems.push(`${name(el)} outside the viewport (${r.left|0}..${r.right|0} of ${vw})`);
+      if (el.tagName !== 'text' && style.overflowX !== 'visible' && el.scrollWidth > el.clientWidth + 1)
+        problems.push(`${name(el)} clipped (${el.scrollWidth} px of text in ${el.clientWidth} px)`);
+      const reg = region(el);  // sideways only: the sidebar and main area scroll vertically
+      if (reg && !insideX(r, reg.getBoundingClientRect())) problems.push(`${name(el)} runs out of ${reg.id || reg.className}`);
+    }
+    for (const fig of root.querySelectorAll('.bk-Figure, .bk-Canvas')) {
+      const host = fig.getBoundingClientRect();
+      if (!visible(host)) continue;
+      const pane = up(fig);
+      const reg = region(fig);
+      if (reg && !insideX(host, reg.getBoundingClientRect(), 2)) problems.push(`chart ${name(fig)} overflows ${reg.id}`);
+      for (const svg of (fig.shadowRoot || fig).querySelectorAll('svg, canvas')) {
+        const s = svg.getBoundingClientRect();
+        if (visible(s) && !inside(s, host, 2)) problems.push(`chart drawing of ${name(fig)} outside its box`);
+      }
+    }
+  };
+  walk(document);
+  if (document.scrollingElement.scrollWidth > vw + 1) problems.push(`page scrolls sideways (${document.scrollingElement.scrollWidth} > ${vw})`);
+  return problems;
+}"""
+
+
+def layout_problems(page, regions: tuple[str, ...] = ("#sidebar", "#main")) -> list[str]:
+    """Everything visible that does not fit (see ``_LAYOUT_JS``); ``regions`` are CSS selectors of
+    the page areas that must contain their text and charts."""
+    return page.evaluate(_LAYOUT_JS, list(regions))
+
+
+def text_boxes(page, text: str) -> list[dict]:
+    """Bounding boxes of the visible SVG/HTML elements whose whole text is ``text``."""
+    return [box for box in (el.bounding_box() for el in page.get_by_text(text, exact=True).all()) if box]
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    """Whether two Playwright bounding boxes intersect."""
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
