@@ -53,11 +53,12 @@ class ExportMenu(pn.viewable.Viewer):
         self.data = data
         self.width = width
         self._on_error = on_error
+        css = [f"ps-export-{figure}"]  # for browser tests and user style sheets
         self.format = pn.widgets.Select(options=EXPORT_CHOICES, value="pdf", width=130, margin=(5, 2, 5, 10),
-                                        stylesheets=[":host { font-size: 12px; }"])
+                                        css_classes=css, stylesheets=[":host { font-size: 12px; }"])
         self.download = pn.widgets.FileDownload(
             callback=self._download, filename=f"{figure}.pdf", label="Export", color="light",
-            width=80, margin=(5, 10, 5, 2), description=f"Download the paper figure '{figure}' or its data",
+            width=80, margin=(5, 10, 5, 2), css_classes=css, description=f"Download the paper figure '{figure}' or its data",
         )
         self.set_enabled(enabled and data is not None)
 

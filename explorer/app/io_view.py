@@ -125,20 +125,23 @@ class FilesCard(pn.viewable.Viewer):
 
         def download(label: str, make: Callable[["Explorer"], bytes], suffix: str, what: str) -> pn.widgets.FileDownload:
             widget = pn.widgets.FileDownload(label=label, filename=f"model-{what}{suffix}", color="light",
-                                             sizing_mode="stretch_width", margin=(3, 10))
+                                             sizing_mode="stretch_width", margin=(3, 10), css_classes=[f"ps-save-{what}"])
             widget.callback = self._callback(widget, make, what, suffix)
             return widget
 
         self.recipe_save = download("Save recipe (.json)", recipe_payload, ".json", "recipe")
         self.recipe_load = pn.widgets.FileInput(accept=".json,.yaml,.yml", sizing_mode="stretch_width",
-                                                margin=(3, 10))
+                                                margin=(3, 10), css_classes=["ps-load-recipe"],
+                                                label="Load a recipe")
         self.masks_download = download("Masks (.safetensors)", masks_payload, ".safetensors", "masks")
         self.weights_download = download("Pruned weights (.safetensors)", pruned_weights_payload, ".safetensors",
                                          "pruned-weights")
         self.compacted_download = download("Compacted model (.zip)", compacted_payload, ".zip", "compacted")
         accept = ",".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
-        self.weights_upload = pn.widgets.FileInput(accept=accept, sizing_mode="stretch_width", margin=(3, 10))
-        self.weights_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10), sizing_mode="stretch_width")
+        self.weights_upload = pn.widgets.FileInput(accept=accept, sizing_mode="stretch_width", margin=(3, 10),
+                                                   css_classes=["ps-upload-weights"], label="Upload weights")
+        self.weights_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10), sizing_mode="stretch_width",
+                                         css_classes=["ps-weights-note"])
         self.compacted_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10), sizing_mode="stretch_width")
         self.recipe_load.param.watch(lambda event: self._from_input(self.recipe_load, self.load_recipe), "value")
         self.weights_upload.param.watch(lambda event: self._from_input(self.weights_upload, self.upload_weights),
