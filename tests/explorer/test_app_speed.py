@@ -8,17 +8,20 @@ import pytest
 from prunescope.explorer.app import ExplorerApp
 from prunescope.explorer.app.speed_chart import TABLE_COLUMNS, WHOLE_MODEL
 from prunescope.explorer.app.speed_view import describe_spec
-from prunescope.explorer.state import PruneSpec
+from prunescope.explorer.core.setting import WeightSetting
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPEATS = 3  # medians of a few runs: the tests check plumbing, never timings
 
 
 @pytest.fixture(scope="module")
 def measured(close_app):
-    """An MLP app, LAMP 80 %, whose speed was measured at batch 32 on numba-cpu."""
+    """An MLP app, LAMP 80%, whose speed was measured at batch 32 on numba-cpu."""
     app = ExplorerApp(model="digits_mlp")
     app.speed.repeats = REPEATS
     app.controls.method.value = "lamp"
+    assert app.wait_idle()
     app.controls.sparsity.value = 0.8
     app.speed.batch_size.value = 32
     assert app.wait_idle()
@@ -34,7 +37,7 @@ def measured(close_app):
 def test_chart_and_table_are_the_engine_report(measured):
     view = measured.speed
     report = view.reports["digits_mlp"]
-    assert report.spec == measured.explorer.state.spec() and report.batch_size == 32
+    assert report.setting == measured.explorer.setting.weights and report.batch_size == 32
     assert report.backend == "numba-cpu"
     table = report.table
     data = view.chart.source.data
@@ -61,10 +64,10 @@ def test_status_states_what_was_measured(measured):
     view = measured.speed
     whole = view.reports["digits_mlp"].whole
     assert not view.running and not view.run_button.disabled and not view.progress.visible
-    assert "LAMP 80 %" in view.status.object and "batch 32" in view.status.object
+    assert "LAMP 80%" in view.status.object and "batch 32" in view.status.object
     assert f"{whole['measured_speedup']:.2f}×" in view.status.object
     assert "setting changed" not in view.status.object
-    assert "LAMP 80 %" in view.chart.figure.title.text
+    assert "LAMP 80%" in view.chart.figure.title.text
     assert view.chart.measured.glyph.fill_alpha == 1.0
 
 
@@ -77,8 +80,8 @@ def test_a_changed_setting_marks_the_result_stale(measured, change):
     elif change == "batch":
         view.batch_size.value = 256
     else:
-        measured.explorer.set_layer_sparsity("fc1", 0.3)
-    assert "Measured for <b>LAMP 80 %</b>" in view.status.object and "setting changed" in view.status.object
+        measured.explorer.set_layer_sparsity("fc1.weight", 0.3)
+    assert "Measured for <b>LAMP 80%</b>" in view.status.object and "setting changed" in view.status.object
     assert view.chart.measured.glyph.fill_alpha < 1.0
     assert view.chart.source.data["measured"] == pytest.approx(list(report.table["measured_speedup"]))
     # back to the measured setting: current again
@@ -100,7 +103,7 @@ def test_each_model_keeps_its_report(measured):
     assert view.chart.source.data["layer"] == [*measured.explorer.layers, "model"]
     measured.controls.model.value = "digits_mlp"
     view.batch_size.value = 32
-    assert view.chart.source.data["layer"] == ["fc1", "fc2", "fc3", "model"]
+    assert view.chart.source.data["layer"] == ["fc1.weight", "fc2.weight", "fc3.weight", "model"]
     assert "setting changed" not in view.status.object
 
 
@@ -114,7 +117,7 @@ def test_a_failing_measurement_shows_an_alert(close_app, monkeypatch):
         app.speed.run()
         assert app.speed.wait_idle(60)
         assert app.alert.visible and "benchmark broke (simulated)" in app.alert.object
-        assert "failed" in app.speed.status.object and not app.speed.running
+        assert "failed" in app.speed.status.object.lower() and not app.speed.running
         assert not app.speed.run_button.disabled
     finally:
         close_app(app)
@@ -140,22 +143,23 @@ def test_cancel_stops_the_measurement_without_an_alert(close_app):
         assert app.speed.status.object == "Cancelling…"
         release.set()
         assert app.speed.wait_idle(60)
-        assert app.speed.status.object == "Cancelled." and not app.alert.visible
+        assert app.speed.status.object.startswith("Cancelled") and not app.alert.visible
         assert not app.speed.running and app.speed.cancel_button.disabled
         assert app.explorer.name not in app.speed.reports
     finally:
         close_app(app)
 
 
-@pytest.mark.parametrize("spec, text", [
-    (PruneSpec("lamp", 0.8), "LAMP 80 %"),
-    (PruneSpec("nm", 0.5, n=2, m=4), "N:M semi-structured 2:4"),
-    (PruneSpec("channel", 0.25), "Channel (structured), 25 % of channels"),
-    (PruneSpec("magnitude", 0.5, overrides=(("fc1", 0.1),), skip_first_last=True),
-     "Magnitude (layer-wise) 50 %, 1 layer set by hand, first and last layer dense"),
+@pytest.mark.parametrize("setting, text", [
+    (WeightSetting("lamp", 0.8), "LAMP 80%"),
+    (WeightSetting("nm", 0.5, options=(("m", 4), ("n", 2))), "N:M semi-structured 2:4"),
+    (WeightSetting("channel", 0.25, options=(("norm", "l2"),)), "Channel (structured), 25% of channels (L2)"),
+    (WeightSetting("magnitude", 0.5, overrides=(("fc1.weight", 0.1),)), "Magnitude (layer-wise) 50%, 1 weight set by hand"),
+    (WeightSetting("uniform_plus", 0.9, overrides=(("fc1.weight", 0.1), ("fc2.weight", 0.2))),
+     "Unif+ (uniform, first conv dense) 90%, 2 weights set by hand"),
 ])
-def test_describe_spec(spec, text):
-    assert describe_spec(spec) == text
+def test_describe_spec(setting, text):
+    assert describe_spec(setting) == text
 
 
 def test_inside_a_jupyter_kernel_the_measurement_runs_inline(close_app, monkeypatch):
@@ -169,6 +173,6 @@ def test_inside_a_jupyter_kernel_the_measurement_runs_inline(close_app, monkeypa
         app.speed.run()  # returns with the result shown: no thread may update a notebook page
         report = app.speed.reports["digits_mlp"]
         assert app.speed.chart.source.data["measured"] == pytest.approx(list(report.table["measured_speedup"]))
-        assert not app.speed.running and "Magnitude (layer-wise) 50 %" in app.speed.status.object
+        assert not app.speed.running and "Magnitude (layer-wise) 50%" in app.speed.status.object
     finally:
         close_app(app)

@@ -182,3 +182,16 @@ def test_a_weight_without_a_kernel_runs_in_dense_torch_and_says_so(explorers):
     assert table.loc["grouped.weight", "format"] == report["grouped.weight"]
     assert table.loc["grouped.weight", "sparse_ms"] != table.loc["grouped.weight", "sparse_ms"]  # NaN: not timed alone
     assert table.loc["conv1.weight", "sparse_ms"] > 0
+
+
+def test_benchmark_progress_counts_only_the_timed_items(explorers):
+    """Weights that are not timed alone (dense, no kernel) do not count as progress: the counter
+    goes 0..total once, and a cancel before the first item says 'after 0 of total'."""
+    ex = explorers["digits_cnn"].prune("nm")  # conv1 stays dense (9 inputs): three timed weights + the model
+    calls = []
+    ex.benchmark(batch_size=2, repeats=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled, match="after 0 of 4 items"):
+        ex.benchmark(batch_size=2, repeats=1, cancel=cancel)
