@@ -163,8 +163,12 @@ class Random(PruningMethod):
     description = "Uniformly random weights, the same exact count in every tensor (seeded)."
     uses_seed = True
 
+    #: Offset of the generator seed: seed 0 must not replay ``torch.manual_seed(0)``, the stream
+    #: that initialised the sample models (random scores would then rank theta_0's own values).
+    SEED_OFFSET = 0x5EED_2019
+
     def scores(self, ctx: ScoreContext, options: dict[str, Any]) -> Scores:
-        gen = torch.Generator().manual_seed(ctx.seed)
+        gen = torch.Generator().manual_seed(self.SEED_OFFSET + ctx.seed)
         return {n: torch.rand(w.shape, generator=gen) for n, w in ctx.weights.items()}
 
 
