@@ -18,6 +18,7 @@ from prunescope.explorer.app.palette import ACCENT
 from prunescope.explorer.app.plots import LayerSparsityChart, MaskView
 from prunescope.explorer.app.sensitivity_view import SensitivityView
 from prunescope.explorer.app.speed_view import SpeedView
+from prunescope.explorer.app.tickets_view import TicketsView
 from prunescope.explorer.app.tokens_view import TokensView
 from prunescope.explorer.pruning import get_method
 from prunescope.explorer.viewmodel import view_model
@@ -90,6 +91,10 @@ class ExplorerApp(pn.viewable.Viewer):
         self.tokens = TokensView(self._dispatch, on_error=self.show_error,
                                  clear_error=lambda: setattr(self.alert, "visible", False))
         self.extra_tabs.append(("Tokens", self.tokens))
+        # Tickets: find, load and use lottery tickets, compare their masks
+        self.tickets = TicketsView(self._dispatch, on_error=self.show_error,
+                                   clear_error=lambda: setattr(self.alert, "visible", False))
+        self.extra_tabs.append(("Tickets", self.tickets))
         self.tabs = self._build_tabs()
         self.tabs.param.watch(self._on_tab, "active")
         self._wire()
