@@ -405,3 +405,12 @@ def test_a_regression_task_takes_float_targets():
     assert m.accuracy == pytest.approx((out - y).abs().mean().item())
     assert m.loss == pytest.approx(nn.functional.mse_loss(out, y).item())
     assert m.metric_name == "abs_error"
+
+
+def test_channel_refuses_a_locked_weight_when_it_is_set():
+    """fc3's outputs are the model's: refused at set_layer_sparsity (not later, inside a view's redraw)."""
+    ex = Explorer.from_sample("digits_mlp").prune("channel", sparsity=0.5)
+    before = ex.setting
+    with pytest.raises(ValueError, match="cannot remove output channels of 'fc3.weight'"):
+        ex.set_layer_sparsity("fc3", 0.2)
+    assert ex.setting == before
