@@ -213,12 +213,13 @@ def benchmark(explorer: "Explorer", setting: WeightSetting, backend: str = "numb
     per_weight = {w.name: w for w in cost.weights}
     rows = []
     total = len(timed) + 1
+    done = 0
 
     def step() -> None:
         if progress is not None:
-            progress(min(len(rows), total), total)
+            progress(done, total)
         if cancel is not None and cancel.is_set():
-            raise Cancelled(f"speed measurement cancelled after {len(rows)} of {total} items")
+            raise Cancelled(f"speed measurement cancelled after {done} of {total} items")
 
     with torch.no_grad():
         for name in explorer.weights:
@@ -232,6 +233,7 @@ def benchmark(explorer: "Explorer", setting: WeightSetting, backend: str = "numb
             dense_s = median_seconds(lambda: dense_layer(*dense_inputs[module]), repeats)
             sparse_s = median_seconds(lambda: sparse_layer(*sparse_inputs[module]), repeats)
             rows.append(_row(name, formats[name], dense_s, sparse_s, w.flops_dense, w.flops_effective))
+            done += 1
         step()
         dense_s = median_seconds(lambda: dense_model(x), repeats)
         sparse_s = median_seconds(lambda: sparse_model(x), repeats)

@@ -88,9 +88,12 @@ class Channel(PruningMethod):
                         reasons[name] = g.reason
         return {n: r for n, r in reasons.items() if n in ctx.weights}
 
-    def masks(self, scores: Ranking, ctx: ScoreContext, setting) -> Masks:
-        from prunescope.explorer.core.compact import group_masks
+    def validate_setting(self, setting, ctx: ScoreContext) -> None:
+        """Hand-set weights must write a prunable channel group (checked when set)."""
+        if setting.overrides:
+            self._fractions(ctx, setting)
 
+    def _fractions(self, ctx: ScoreContext, setting) -> dict[int, float]:
         groups = self._groups(ctx)
         owner = self.group_of(ctx)
         fractions = {g.index: setting.sparsity for g in groups if g.prunable}
@@ -100,6 +103,13 @@ class Channel(PruningMethod):
                 why = locked.get(name, "it writes no prunable channel group")
                 raise ValueError(f"channel pruning cannot remove output channels of {name!r}: {why}")
             fractions[owner[name]] = value
+        return fractions
+
+    def masks(self, scores: Ranking, ctx: ScoreContext, setting) -> Masks:
+        from prunescope.explorer.core.compact import group_masks
+
+        groups = self._groups(ctx)
+        fractions = self._fractions(ctx, setting)
         keep = {i: self.channel_keep(scores[_group_key(i)], f) for i, f in fractions.items()}
         shapes = {n: tuple(w.shape) for n, w in ctx.weights.items()}
         masks = group_masks(groups, keep, shapes)
