@@ -12,6 +12,7 @@ import param
 from prunescope.explorer.app.backends import evaluation_backends, warmup_for
 from prunescope.explorer.app.controls import Controls
 from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.geometry_view import GeometryView
 from prunescope.explorer.app.io_view import FilesCard
 from prunescope.explorer.app.metrics_view import MetricsPanel
 from prunescope.explorer.app.palette import ACCENT
@@ -91,6 +92,10 @@ class ExplorerApp(pn.viewable.Viewer):
         self.tokens = TokensView(self._dispatch, on_error=self.show_error,
                                  clear_error=lambda: setattr(self.alert, "visible", False))
         self.extra_tabs.append(("Tokens", self.tokens))
+        # Geometry: how the pruning moves the feature space (embedding, CKA, robustness geometry)
+        self.geometry = GeometryView(self._dispatch, on_error=self.show_error,
+                                     clear_error=lambda: setattr(self.alert, "visible", False))
+        self.extra_tabs.append(("Geometry", self.geometry))
         # Tickets: find, load and use lottery tickets, compare their masks
         self.tickets = TicketsView(self._dispatch, on_error=self.show_error,
                                    clear_error=lambda: setattr(self.alert, "visible", False))

@@ -65,6 +65,12 @@ def _lock(ex: "Explorer"):
     return getattr(ex, "_forward_lock", None) or contextlib.nullcontext()
 
 
+def _locked(ex: "Explorer", fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` holding the forward lock (it runs the shared module with hooks on it)."""
+    with _lock(ex):
+        return fn(*args)
+
+
 def _setting(ex: "Explorer", setting: Setting | None) -> Setting:
     setting = ex.setting if setting is None else setting
     if not isinstance(setting, Setting):
@@ -103,7 +109,7 @@ def feature_layer(ex: "Explorer", layer: str | None = None) -> str:
     feature point: the classifier's input (e.g. ``"fc3:input"``)."""
     model = _model(ex)
     if layer is None:
-        return ex.cache.get_or((KEY, "default-layer"), lambda: default_layer(model, ex.eval_data[0]))
+        return ex.cache.get_or((KEY, "default-layer"), lambda: _locked(ex, default_layer, model, ex.eval_data[0]))
     _check_layer(model, layer)
     return layer
 
@@ -154,10 +160,9 @@ def _run(ex: "Explorer", setting: Setting, spec: str, corruption: str = CLEAN,
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
         inputs = condition_inputs(ex, corruption, severity)
-        params = ex.params_for(setting)
-        with _lock(ex):
-            result = capture(_model(ex), params, inputs, [spec], intervention=ex.intervention(setting),
-                             batch_size=ex.batch_size)
+        params, intervention = ex.params_for(setting), ex.intervention(setting)
+        with _lock(ex):  # capture's hooks sit on the shared module
+            result = capture(_model(ex), params, inputs, [spec], intervention=intervention, batch_size=ex.batch_size)
         return result.features[spec], result.logits.float().cpu()
 
     return ex.cache.get_or(key, compute)
@@ -178,7 +183,7 @@ def _pooled(out: Any) -> torch.Tensor:
 
 def cka_layers(ex: "Explorer") -> list[str]:
     """The layers CKA compares: outputs of the modules owning a weight matrix, in execution order."""
-    return ex.cache.get_or((KEY, "cka-layers"), lambda: prunable_layers(_model(ex), ex.eval_data[0]))
+    return ex.cache.get_or((KEY, "cka-layers"), lambda: _locked(ex, prunable_layers, _model(ex), ex.eval_data[0]))
 
 
 def _pooled_forward(ex: "Explorer", setting: Setting, layers: Sequence[str],
@@ -189,24 +194,25 @@ def _pooled_forward(ex: "Explorer", setting: Setting, layers: Sequence[str],
     modules = dict(model.named_modules())
     chunks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     feats: list[torch.Tensor] = []
-    handles = [modules[n].register_forward_hook(lambda m, a, out, n=n: chunks[n].append(_pooled(out)))
-               for n in layers]
-    if spec is not None:
-        name, is_input = (spec[: -len(INPUT_SUFFIX)], True) if spec.endswith(INPUT_SUFFIX) else (spec, False)
+    params, intervention = ex.params_for(setting), ex.intervention(setting)
 
-        def keep(value: Any) -> None:
-            out = value[0] if isinstance(value, (tuple, list)) else value
-            feats.append(out.detach().reshape(out.shape[0], -1).float().cpu())
+    def keep(value: Any) -> None:
+        out = value[0] if isinstance(value, (tuple, list)) else value
+        feats.append(out.detach().reshape(out.shape[0], -1).float().cpu())
 
-        handles.append(modules[name].register_forward_pre_hook(lambda m, args: keep(args)) if is_input
-                       else modules[name].register_forward_hook(lambda m, args, out: keep(out)))
-    try:
-        with _lock(ex):
-            result = forward(model, ex.params_for(setting), ex.eval_data[0], intervention=ex.intervention(setting),
-                             batch_size=ex.batch_size)
-    finally:
-        for handle in handles:
-            handle.remove()
+    # hooks live on the shared module: register them only while holding the forward lock
+    with _lock(ex):
+        handles = [modules[n].register_forward_hook(lambda m, a, out, n=n: chunks[n].append(_pooled(out)))
+                   for n in layers]
+        try:
+            if spec is not None:
+                name, is_input = (spec[: -len(INPUT_SUFFIX)], True) if spec.endswith(INPUT_SUFFIX) else (spec, False)
+                handles.append(modules[name].register_forward_pre_hook(lambda m, args: keep(args)) if is_input
+                               else modules[name].register_forward_hook(lambda m, args, out: keep(out)))
+            result = forward(model, params, ex.eval_data[0], intervention=intervention, batch_size=ex.batch_size)
+        finally:
+            for handle in handles:
+                handle.remove()
     missing = [n for n, c in chunks.items() if not c] + ([spec] if spec is not None and not feats else [])
     if missing:
         raise ValueError(f"layer(s) {missing} were never called in the forward pass")
