@@ -20,6 +20,9 @@ def on_server_loaded(server_context) -> None:
     from prunescope.explorer.app.backends import evaluation_backends, kernel_warmup
 
     kernel_warmup()  # a daemon thread; sessions wait for its future on their worker threads
+    from prunescope.explorer.geometry import warmup_umap
+
+    warmup_umap()  # umap's Numba JIT on a background thread: the Geometry tab's first fit skips it
     import sklearn.datasets  # noqa: F401 - imported now so the first session does not pay for it
     import torch  # noqa: F401
 
