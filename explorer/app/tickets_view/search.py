@@ -113,18 +113,18 @@ class SearchSection(pn.viewable.Viewer):
         self._dispatch, self._on_error, self._explorer = dispatch, on_error, explorer
         self._on_found, self._on_started = on_found, on_started or (lambda path: None)
         criteria = ticket_criteria()
-        self.rounds = pn.widgets.IntInput(name="Rounds", value=5, start=1, end=50, width=90)
-        self.prune_per_round = pn.widgets.FloatInput(name="Prune per round", value=0.2, start=0.01, end=0.99,
+        self.rounds = pn.widgets.IntInput(label="Rounds", value=5, start=1, end=50, width=90)
+        self.prune_per_round = pn.widgets.FloatInput(label="Prune per round", value=0.2, start=0.01, end=0.99,
                                                      step=0.05, width=120)
-        self.criterion = pn.widgets.Select(name="Criterion", options=criteria, value="global_magnitude"
+        self.criterion = pn.widgets.Select(label="Criterion", options=criteria, value="global_magnitude"
                                            if "global_magnitude" in criteria.values() else next(iter(criteria.values())),
                                            width=190)
-        self.rewind = pn.widgets.Select(name="Rewind", options=REWIND_LABELS, value="init", width=190)
-        self.seeds = pn.widgets.TextInput(name="Seeds", value="0, 1", width=100)
-        self.epochs = pn.widgets.IntInput(name="Epochs per training", value=5, start=1, end=1000, width=130)
-        self.variant = pn.widgets.Select(name="Variant", options=VARIANTS, value="imp", width=220)
-        self.controls = pn.widgets.Checkbox(name="Controls (random re-init, random mask)", value=True)
-        self.dask = pn.widgets.Checkbox(name="Local Dask cluster (2 worker processes)", value=False)
+        self.rewind = pn.widgets.Select(label="Rewind", options=REWIND_LABELS, value="init", width=190)
+        self.seeds = pn.widgets.TextInput(label="Seeds", value="0, 1", width=100)
+        self.epochs = pn.widgets.IntInput(label="Epochs per training", value=5, start=1, end=1000, width=130)
+        self.variant = pn.widgets.Select(label="Variant", options=VARIANTS, value="imp", width=220)
+        self.controls = pn.widgets.Checkbox(label="Controls (random re-init, random mask)", value=True)
+        self.dask = pn.widgets.Checkbox(label="Local Dask cluster (2 worker processes)", value=False)
         self.job = JobPanel(dispatch, on_error, run_label="Find tickets", name="tickets", on_run=self.run)
         self.round_progress = pn.indicators.Progress(value=0, max=100, width=160, visible=False, margin=(5, 10))
         self.seed_lines = pn.pane.HTML("", styles=_NOTE, margin=(0, 10), sizing_mode="stretch_width")

@@ -91,22 +91,22 @@ class TicketsView(pn.viewable.Viewer):
 
         self.search = SearchSection(dispatch, on_error, lambda: self._explorer, on_found=self._set_run,
                                     on_started=lambda path: setattr(self.run_path, "value", str(path)))
-        self.run_path = pn.widgets.TextInput(name="Run directory", placeholder="directory of a ticket search "
+        self.run_path = pn.widgets.TextInput(label="Run directory", placeholder="directory of a ticket search "
                                              "(prunescope ticket --out DIR, or ex.find_ticket)", width=460)
-        self.load_button = pn.widgets.Button(name="Load run", width=110, margin=(24, 10, 5, 10))
+        self.load_button = pn.widgets.Button(label="Load run", width=110, margin=(24, 10, 5, 10))
         self.run_info = pn.pane.HTML("No run yet: find tickets above or load a run directory.", styles=_NOTE,
                                      margin=(0, 10), sizing_mode="stretch_width")
         self.levels = pn.pane.DataFrame(None, index=False, sizing_mode="stretch_width", max_height=260)
-        self.seed = pn.widgets.Select(name="Ticket of seed", options=[], width=140)
-        self.level = pn.widgets.Select(name="Reference level (criteria prune to its sparsity)", options=[], width=300)
+        self.seed = pn.widgets.Select(label="Ticket of seed", options=[], width=140)
+        self.level = pn.widgets.Select(label="Reference level (criteria prune to its sparsity)", options=[], width=300)
         self.use_box = pn.FlexBox(sizing_mode="stretch_width")
         self.use_buttons: dict[int, pn.widgets.Button] = {}
-        self.masks = pn.widgets.MultiChoice(name="Masks compared", options=[], value=[], sizing_mode="stretch_width")
-        self.layer = pn.widgets.Select(name="Weights", options=["overall"], value="overall", width=200)
-        self.versus = pn.widgets.Select(name="Per-layer overlap of", options={}, width=260)
-        self.overlay_a = pn.widgets.Select(name="Mask A", options=[], width=240)
-        self.overlay_b = pn.widgets.Select(name="Mask B", options=[], width=240)
-        self.overlay_layer = pn.widgets.Select(name="Layer", options=[], width=200)
+        self.masks = pn.widgets.MultiChoice(label="Masks compared", options=[], value=[], sizing_mode="stretch_width")
+        self.layer = pn.widgets.Select(label="Weights", options=["overall"], value="overall", width=200)
+        self.versus = pn.widgets.Select(label="Per-layer overlap of", options={}, width=260)
+        self.overlay_a = pn.widgets.Select(label="Mask A", options=[], width=240)
+        self.overlay_b = pn.widgets.Select(label="Mask B", options=[], width=240)
+        self.overlay_layer = pn.widgets.Select(label="Layer", options=[], width=200)
         self.jackpots_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10), sizing_mode="stretch_width")
         self.heatmap, self.by_layer = OverlapHeatmap(on_error), OverlapByLayerChart(on_error)
         self.overlay, self.accuracy = OverlayImage(on_error), AccuracyChart(on_error)
@@ -252,7 +252,7 @@ class TicketsView(pn.viewable.Viewer):
         self.use_buttons = {}
         for level in self.run.completed_levels(seed):
             rec = self.run.record(level, seed)
-            button = pn.widgets.Button(name=f"Use level {level} ({percent(rec.metrics['sparsity'])} sparse)",
+            button = pn.widgets.Button(label=f"Use level {level} ({percent(rec.metrics['sparsity'])} sparse)",
                                        width=210, margin=(4, 10))
             button.on_click(lambda event, level=level: self.use_ticket(level))
             self.use_buttons[level] = button
