@@ -88,6 +88,11 @@ class ExplorerWidget(widgets.VBox):
         #: Token controls and heatmaps (None: the model has no transformer blocks).
         self.tokens = token_box(explorer)
         children += [self.tokens] if self.tokens is not None else []
+        from prunescope.widgets.geometry_widget import geometry_box
+
+        #: Feature geometry (embedding, CKA) in a collapsed accordion: it computes once opened.
+        self.geometry = geometry_box(explorer)
+        children.append(self.geometry)
         super().__init__(children=children, **kwargs)
         self._draw()
         self.method.observe(self._on_method, "value")
