@@ -414,8 +414,8 @@ def explorer_compare(ex: "Explorer", settings: Mapping[str, Setting],
                      corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES,
                      progress: Progress | None = None, cancel: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Up to 4 settings side by side (the comparison of Chen et al. 2022): ``(summary,
-    per_sample)``. ``summary`` has one row per (setting label, corruption, severity), clean first,
-    with accuracy and mean angle / norm / margin; ``per_sample`` the per-sample geometry with
+    per_sample)``. ``summary`` has one row per (setting label, corruption, severity), settings in
+    the given order and the clean inputs first within each, with accuracy and mean angle / norm / margin; ``per_sample`` the per-sample geometry with
     ``setting, corruption, severity`` in front. Each forward is memoised and holds the forward lock
     alone, so the app's evaluations interleave; ``cancel`` stops between forwards."""
     if not isinstance(settings, Mapping) or not 1 <= len(settings) <= MAX_SETTINGS:
