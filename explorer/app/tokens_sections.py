@@ -29,8 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.core.setting import Setting
 
 _NOTE = {"font-size": "12px", "color": "#374151"}
-#: Largest blocks x heads grid of attention heatmaps drawn (beyond it: the head mean only).
-MAX_HEATMAPS = 48
 #: Keep ratios of the accuracy-vs-budget curves (the current one is added).
 CURVE_KEEPS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 METHOD_NAMES = {"Integrated Gradients": "integrated_gradients", "Saliency": "saliency", "Occlusion": "occlusion"}
@@ -66,6 +64,8 @@ class ImageSection(pn.viewable.Viewer):
         self.counts: list[dict[str, int]] = []
         self.index = pn.widgets.IntSlider(label="Test image (index in the test split)", start=0, end=1, value=0,
                                           width=320)
+        self.head = pn.widgets.Select(label="CLS attention of", options={"mean over heads": "mean"}, value="mean",
+                                      width=200)
         self.head_fusion = pn.widgets.Select(label="Rollout: fuse heads by", options=["mean", "max"], value="mean",
                                              width=200)
         self.note = _note()
@@ -75,15 +75,18 @@ class ImageSection(pn.viewable.Viewer):
         self._setting: Setting | None = None
         self.index.param.watch(lambda e: self._request(), "value")
         self.head_fusion.param.watch(lambda e: self._draw_rollout(), "value")
+        self.head.param.watch(lambda e: self._draw_attention(), "value")
         self._layout = pn.Column(
-            pn.Row(self.index, self.head_fusion), self.note,
+            pn.Row(self.index, self.head, self.head_fusion), self.note,
             pn.pane.HTML("<b>Tokens at each block's input</b> (clear: kept; dark: dropped; orange: merged into a "
                          "kept token; purple: recycled into one token)", styles=_NOTE, margin=(4, 10)),
             self.maps_pane,
-            pn.Row(pn.Column(pn.pane.HTML("<b>Attention rollout</b> (Abnar &amp; Zuidema 2020)", styles=_NOTE),
-                             self.rollout_pane),
-                   pn.Column(pn.pane.HTML("<b>CLS attention per block (rows) and head (columns)</b>; "
-                                          "no colour: token not present", styles=_NOTE), self.attention_pane)),
+            pn.pane.HTML("<b>Attention rollout</b> (Abnar &amp; Zuidema 2020): relevance of each patch for the "
+                         "CLS token after the last block", styles=_NOTE, margin=(4, 10)),
+            self.rollout_pane,
+            pn.pane.HTML("<b>CLS attention at each block</b> (pick a head above; no colour: token not present)",
+                         styles=_NOTE, margin=(4, 10)),
+            self.attention_pane,
             sizing_mode="stretch_width",
         )
 
@@ -99,21 +102,13 @@ class ImageSection(pn.viewable.Viewer):
         self.rollout = PictureWithMap("rollout relevance", size, heat_mapper(), colour_bar="relevance",
                                       width=230, height=200, **labels)
         self.rollout_pane.object = self.rollout.figure
-        heads = data.heads
-        self.head_columns = ["mean"] + (list(range(heads)) if data.num_blocks * heads <= MAX_HEATMAPS else [])
-        self.heatmaps: list[list[PictureWithMap]] = []
-        self.row_mappers = []
+        self.head.options = {"mean over heads": "mean", **{f"head {h}": h for h in range(data.heads)}}
+        self.head.value = "mean"
+        self.heatmaps: list[PictureWithMap] = []
         for b in range(data.num_blocks):
-            mapper = heat_mapper()
-            self.row_mappers.append(mapper)
-            cells = []
-            for j, h in enumerate(self.head_columns):
-                last = j == len(self.head_columns) - 1
-                title = f"block {b}, {'head mean' if h == 'mean' else f'head {h}'}"
-                cells.append(PictureWithMap(title, size, mapper, colour_bar="attention" if last else None,
-                                            width=150 + (60 if last else 0), height=150, **labels))
-            self.heatmaps.append(cells)
-        self.attention_pane.object = gridplot([[c.figure for c in r] for r in self.heatmaps], toolbar_location=None)
+            self.heatmaps.append(PictureWithMap(f"block {b}", size, heat_mapper(), colour_bar="attention",
+                                                width=200, height=170, **labels))
+        self.attention_pane.object = row(*[c.figure for c in self.heatmaps])
         if not data.adapter.has_attention:
             self.attention_pane.visible = self.rollout_pane.visible = False
 
@@ -144,14 +139,22 @@ class ImageSection(pn.viewable.Viewer):
             f"({percent(inspection.probability)}).")
         if inspection.attention is None:
             return
-        maps = inspection.attention  # (blocks, heads, rows, cols)
-        for b, cells in enumerate(self.heatmaps):
-            values = [maps[b].nanmean(0) if h == "mean" else maps[b, h] for h in self.head_columns]
-            high = max(float(np.nanmax(v.numpy())) for v in values)
-            self.row_mappers[b].update(low=0.0, high=high if high > 0 else 1.0)
-            for cell, v in zip(cells, values):
-                cell.show(picture, v)
+        self._draw_attention()
         self._draw_rollout()
+
+    def _draw_attention(self) -> None:
+        """CLS attention of the picked head (or the head mean) at every block, over the picture."""
+        if self.inspection is None or self.inspection.attention is None:
+            return
+        head = self.head.value
+        picture = rgba_image(self.inspection.image)
+        for b, cell in enumerate(self.heatmaps):
+            maps = self.inspection.attention[b]  # (heads, rows, cols)
+            values = maps.nanmean(0) if head == "mean" else maps[int(head)]
+            high = float(np.nanmax(values.numpy()))
+            cell.mapper.update(low=0.0, high=high if high > 0 else 1.0)
+            cell.figure.title.text = f"block {b}, {'head mean' if head == 'mean' else f'head {head}'}"
+            cell.show(picture, values)
 
     def _draw_rollout(self) -> None:
         if self.inspection is None or self.inspection.rollout is None:
@@ -258,10 +261,12 @@ class RetentionSection(_JobSection):
         rows = []
         self.figures: dict[tuple[str, int], PictureWithMap] = {}
         cov = result.table.set_index(["strategy", "block"])
+        keep = result.keep
+        shown = [b for b in range(len(keep)) if keep[b] < (keep[b - 1] if b else 1.0)]
         for name, maps in result.maps.items():
             cells = []
-            for b in range(maps.shape[0]):
-                last = b == maps.shape[0] - 1
+            for b in shown:
+                last = b == shown[-1]
                 c = cov.loc[(name, b), "coverage"]
                 title = f"{STRATEGIES[name].display_name.split(' (')[0]} · block {b}: {percent(c, 0)} covered"
                 cell = PictureWithMap(title, (data.grid[1], data.grid[0]), mapper, alpha=1.0,
@@ -279,7 +284,8 @@ class RetentionSection(_JobSection):
         self.table.object = table.rename(columns={
             "coverage": "regions covered (2x2, % of image-region pairs)", "patches_mean": "patch tokens (mean)",
             "patches_std": "patch tokens (std)"})
-        self.note.object = coverage_sentence(result)
+        self.note.object = (coverage_sentence(result) + f" Drawn: the blocks that prune ({', '.join(map(str, shown))});"
+                            " a block keeping as many tokens as the one before keeps the same ones.")
         self.job.status.object = f"Measured over {result.images} test images."
 
 

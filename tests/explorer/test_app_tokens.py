@@ -110,14 +110,14 @@ def test_heatmaps_are_the_records_cls_attention(vit_app):
     ex.run(ex.eval_data[0][7:8], record=record)
     for b in (0, 2):
         (attn, pos), = record.attention(b)
-        for h in range(4):
+        for h in (0, 3, "mean"):
+            view.image.head.value = h
+            row = attn[0, :, 0, 1:].double().mean(0) if h == "mean" else attn[0, h, 0, 1:].double()
             expected = torch.full((64,), float("nan"), dtype=torch.float64)
-            expected[pos[0, 1:]] = attn[0, h, 0, 1:].double()
-            drawn = view.image.heatmaps[b][1 + h].heat.data["image"][0]
+            expected[pos[0, 1:]] = row
+            drawn = view.image.heatmaps[b].heat.data["image"][0]
             np.testing.assert_allclose(drawn, flipped(expected.reshape(8, 8)), rtol=1e-6, atol=1e-9)
-        mean = view.image.heatmaps[b][0].heat.data["image"][0]
-        present = ~np.isnan(mean)
-        assert present.sum() == (64 if b == 0 else 32)
+            assert (~np.isnan(drawn)).sum() == (64 if b == 0 else 32)
     rollout = view.image.rollout.heat.data["image"][0]
     assert rollout.shape == (8, 8) and np.all(rollout >= 0)
 
@@ -187,8 +187,9 @@ def test_retention_job_equals_an_independent_record(vit_app):
         torch.testing.assert_close(result.maps[name], retention_map(record, (8, 8)))
         row = result.table[(result.table["strategy"] == name) & (result.table["block"] == 3)].iloc[0]
         assert row["coverage"] == pytest.approx(region_coverage(record.status(3), (8, 8)))
-        drawn = section.figures[(name, 3)].heat.data["image"][0]
-        np.testing.assert_allclose(drawn, flipped(result.maps[name][3]))
+        drawn = section.figures[(name, 1)].heat.data["image"][0]  # block 1 prunes; 2 and 3 keep as many
+        np.testing.assert_allclose(drawn, flipped(result.maps[name][1]))
+        assert (name, 2) not in section.figures
     assert f"{IMAGES} test images" in section.job.status.object
     assert "FEATHER" in section.note.object and "%" in section.note.object
     ex.set_token_budget(0.5, strategy="cls_attention")
