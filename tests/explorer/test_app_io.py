@@ -249,6 +249,14 @@ def test_uploaded_weights_replace_this_sessions_explorer_only(mlp_app, close_app
         assert mlp_app.metrics.metrics.accuracy == expected.accuracy != before.evaluate().accuracy
         assert "early.safetensors" in mlp_app.files.weights_note.object and not mlp_app.alert.visible
         assert other.explorer is theirs and other.explorer.checkpoint == "trained"
+        # a recipe made on the shipped weights still applies here, with a warning saying what differs
+        shipped = Explorer.from_sample("digits_mlp").prune("lamp", sparsity=0.6)
+        mlp_app.files.recipe_load.param.update(value=recipe_payload(shipped), filename="trained.json")
+        assert mlp_app.wait_idle() and mlp_app.explorer.setting == shipped.setting
+        assert mlp_app.alert.visible and mlp_app.alert.alert_type == "warning"
+        assert "other weights" in mlp_app.alert.object
+        mlp_app.explorer.prune("magnitude", sparsity=0.5)
+        assert mlp_app.wait_idle()
         # the other session uploads other weights; neither sees the other's
         _upload(other, _state_bytes("init"), "init.safetensors")
         init = Explorer.from_sample("digits_mlp", "init").evaluate()
