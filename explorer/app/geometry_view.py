@@ -120,19 +120,20 @@ class GeometryView(pn.viewable.Viewer):
         self.comparison: pd.DataFrame | None = None
         self.pinned: int | None = None
         self.last_seconds: float | None = None
+        self._fit_note = ""
         self._syncing = False
 
-        self.layer = pn.widgets.AutocompleteInput(name="Feature point (module, or NAME:input)", options=[],
+        self.layer = pn.widgets.AutocompleteInput(label="Feature point (module, or NAME:input)", options=[],
                                                   restrict=False, min_characters=0, case_sensitive=False, width=300)
-        self.method = pn.widgets.RadioButtonGroup(name="Embedding", options=METHODS, value="pca", width=220,
+        self.method = pn.widgets.RadioButtonGroup(label="Embedding", options=METHODS, value="pca", width=220,
                                                   margin=(28, 10, 5, 10))
-        self.colour = pn.widgets.Select(name="Colour by", options=COLOURS, value="flip", width=240)
-        self.corruption = pn.widgets.Select(name="Corruption (histograms, fragile samples)",
+        self.colour = pn.widgets.Select(label="Colour by", options=COLOURS, value="flip", width=240)
+        self.corruption = pn.widgets.Select(label="Corruption (histograms, fragile samples)",
                                             options=[NO_CORRUPTION, *CORRUPTIONS], value="gaussian_noise", width=260)
-        self.severity = pn.widgets.IntSlider(name="Severity", start=min(SEVERITIES), end=max(SEVERITIES), value=3,
+        self.severity = pn.widgets.IntSlider(label="Severity", start=min(SEVERITIES), end=max(SEVERITIES), value=3,
                                              width=180)
-        self.pin_input = pn.widgets.IntInput(name="Pinned sample (-1: none)", value=-1, start=-1, width=170)
-        self.show_matrix = pn.widgets.Checkbox(name="Layer x layer CKA matrix", value=False, margin=(10, 10))
+        self.pin_input = pn.widgets.IntInput(label="Pinned sample (-1: none)", value=-1, start=-1, width=170)
+        self.show_matrix = pn.widgets.Checkbox(label="Layer x layer CKA matrix", value=False, margin=(10, 10))
         self.message = _note()
         self.scatter_note = _note()
         self.pin_card = pn.pane.HTML("", sizing_mode="stretch_width", margin=(4, 10), styles={"font-size": "12px"})
@@ -152,11 +153,11 @@ class GeometryView(pn.viewable.Viewer):
         self.compare_export = ExportMenu("geometry_compare", lambda: self._held(self.comparison), on_error=on_error,
                                          enabled=False)
 
-        self.compare_methods = pn.widgets.MultiChoice(name=f"Methods at the current sparsity (up to {MAX_SETTINGS})",
+        self.compare_methods = pn.widgets.MultiChoice(label=f"Methods at the current sparsity (up to {MAX_SETTINGS})",
                                                       options=[], value=[], max_items=MAX_SETTINGS, width=420)
-        self.compare_corruptions = pn.widgets.MultiChoice(name="Corruptions", options=list(CORRUPTIONS),
+        self.compare_corruptions = pn.widgets.MultiChoice(label="Corruptions", options=list(CORRUPTIONS),
                                                           value=list(CORRUPTIONS), width=420)
-        self.compare_severities = pn.widgets.MultiChoice(name="Severities", options=[str(s) for s in SEVERITIES],
+        self.compare_severities = pn.widgets.MultiChoice(label="Severities", options=[str(s) for s in SEVERITIES],
                                                          value=["1", "3", "5"], width=220)
         self.compare_job = JobPanel(dispatch, on_error, run_label="Compare", name="geometry-compare",
                                     on_run=lambda: self.run_comparison())
@@ -225,6 +226,7 @@ class GeometryView(pn.viewable.Viewer):
         self._requested = self._cka_requested = None
         self.embedding = self.hist = self.fragile = self.cka = self.cka_grid = self.comparison = None
         self.pinned = None
+        self._fit_note = ""
         self.scatter.clear()
         for menu in (self.embedding_export, self.cka_export, self.hist_export, self.compare_export):
             menu.set_enabled(False)
@@ -305,8 +307,9 @@ class GeometryView(pn.viewable.Viewer):
     def _fitted(self, ex: "Explorer", frame: Any) -> None:
         if ex is not self._explorer:
             return
-        self.scatter_note.object = ("UMAP frame " + ("read from the disk cache" if frame.cache_hit else "fitted")
-                                    + (f" ({html.escape(frame.note)})" if frame.note else "") + ".")
+        self._fit_note = ("UMAP frame " + ("read from the disk cache" if frame.cache_hit else "fitted")
+                          + (f" ({html.escape(frame.note)})" if frame.note else "") + ".")
+        self.scatter_note.object = self._fit_note
         self._requested = None
         self.refresh()
 
@@ -329,7 +332,8 @@ class GeometryView(pn.viewable.Viewer):
                      + (frame.embedding["y_pruned"] - frame.embedding["y_dense"]) ** 2) ** 0.5
             self.scatter_note.object = (
                 ", ".join(f"{FLIP_LABELS[k]}: {int(counts.get(k, 0))}" for k in FLIP_LABELS)
-                + f"; mean displacement {moved.mean():.3g} (dense frame units)")
+                + f"; mean displacement {moved.mean():.3g} (dense frame units)"
+                + (f". {self._fit_note}" if frame.embedding.attrs.get("method") == "umap" and self._fit_note else ""))
             self.scatter.pin(self.embedding, self.pinned)
         self._show_pin()
         self.last_seconds = frame.seconds
