@@ -172,7 +172,8 @@ def jackpots(ex: "Explorer", run: TicketRun, level: int = -1, seed: int | None =
     return frame
 
 
-def _attrs(frame: pd.DataFrame, run: TicketRun, **extra: Any) -> pd.DataFrame:
+def run_attrs(frame: pd.DataFrame, run: TicketRun, **extra: Any) -> pd.DataFrame:
+    """``frame`` with the run's model name and directory in its ``attrs`` (export file names)."""
     frame.attrs.update({"model": run.config["model"]["name"], "run": str(run.path or ""), **extra})
     return frame
 
@@ -194,7 +195,7 @@ def ticket_accuracy_table(run: TicketRun) -> pd.DataFrame:
         "accuracy_min_pct": 100 * table["accuracy_min"].astype(float),
         "accuracy_max_pct": 100 * table["accuracy_max"].astype(float), "seeds": table["n"].astype(int),
     })
-    return _attrs(frame, run, rewind=run.config.get("rewind"), criterion=run.config.get("criterion"))
+    return run_attrs(frame, run, rewind=run.config.get("rewind"), criterion=run.config.get("criterion"))
 
 
 def overlap_matrix_table(masks: dict[str, Masks], layer: str = "overall") -> pd.DataFrame:
@@ -233,7 +234,7 @@ def overlap_by_layer_table(ex: "Explorer", run: TicketRun, versus: str = "seeds"
                 rows.append({"level": level, "sparsity_pct": 100 * sparsity_of(ticket), "layer": r.layer,
                              "versus": versus, "jaccard": r.jaccard, "random_jaccard": r.random_jaccard, "pairs": 1})
         frame = pd.DataFrame(rows, columns=cols)
-    return _attrs(frame, run, versus=versus, seed=seed)
+    return run_attrs(frame, run, versus=versus, seed=seed)
 
 
 def mask_overlay_table(a: Masks, b: Masks, layer: str, label_a: str = "A", label_b: str = "B") -> pd.DataFrame:
@@ -289,7 +290,8 @@ def draw_overlap_matrix(data: pd.DataFrame, fig: "Figure") -> None:
     names = [_short(lb) for lb in labels]
     ax.set_xticks(range(len(labels)), names, rotation=40, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(labels)), names)
-    size = 6 if len(labels) <= 5 else 5 if len(labels) <= 8 else 4
+    cell_in = min(0.55 * fig.get_figwidth(), 0.75 * fig.get_figheight()) / max(len(labels), 1)
+    size = max(4.0, min(7.0, cell_in * 72 / 5.5))  # two lines of about five characters per cell
     if len(labels) <= 12:  # beyond that the numbers do not fit a column-wide figure
         for i in range(len(labels)):
             for j in range(len(labels)):
@@ -389,7 +391,7 @@ def mask_overlap_matrix_data(ex: "Explorer", *, run: str | None, level: int, see
     """:func:`overlap_matrix_table` of the labelled masks."""
     r = run_for(ex, run)
     labels = list(masks) if masks else default_selection(r, level)
-    return _attrs(overlap_matrix_table(resolve_masks(ex, r, labels, level, _seed(seed)), layer), r)
+    return run_attrs(overlap_matrix_table(resolve_masks(ex, r, labels, level, _seed(seed)), layer), r)
 
 
 @register_figure(
@@ -418,4 +420,4 @@ def mask_overlay_data(ex: "Explorer", *, run: str | None, level: int, seed: int,
     b = b or criterion_label("global_magnitude")
     masks = resolve_masks(ex, r, [a, b], lv, s)
     layer = layer or max(masks[a], key=lambda n: masks[a][n].numel())
-    return _attrs(mask_overlay_table(masks[a], masks[b], layer, a, b), r)
+    return run_attrs(mask_overlay_table(masks[a], masks[b], layer, a, b), r)
