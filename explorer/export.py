@@ -230,7 +230,9 @@ def save_exported(module: nn.Module, example_inputs: tuple[torch.Tensor, ...], p
     was_training = module.training
     module.eval()
     try:
-        program = torch.export.export(module, example_inputs, dynamic_shapes=dynamic)
+        from prunescope.explorer.core.graph import TRACE_LOCK
+        with TRACE_LOCK:
+            program = torch.export.export(module, example_inputs, dynamic_shapes=dynamic)
     except Exception as err:  # noqa: BLE001 - torch.export raises many kinds; say what failed
         raise ValueError(f"torch.export could not trace the module ({type(err).__name__}: {err}); "
                          "save the state dict only, or pass pickle_module=True") from None

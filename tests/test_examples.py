@@ -88,6 +88,8 @@ def test_example_runs_top_to_bottom(path, kernel_dirs):
         check_pruning_basics(nb)
     if path.name == "02_token_pruning.ipynb":
         check_token_pruning(nb)
+    if path.name == "04_lottery_tickets.ipynb":
+        check_lottery_tickets(nb)
 
 
 def _has_weights(name: str) -> bool:
@@ -140,3 +142,39 @@ def check_token_pruning(nb: nbformat.NotebookNode) -> None:
     assert len(re.findall(r"IG delta [-0-9.e+]+", text)) == 2
     mimes = output_types(nb)
     assert "image/png" in mimes and "application/vnd.jupyter.widget-view+json" in mimes
+
+
+def check_lottery_tickets(nb: nbformat.NotebookNode) -> None:
+    """Real values: the printed accuracies, seed-vs-seed Jaccard and Jackpots winner equal the
+    engine's on the run reloaded from the printed directory; figures and the widget rendered."""
+    import shutil
+
+    from prunescope.explorer import Explorer
+    from prunescope.explorer.lottery import load_run, mask_overlap
+    from prunescope.explorer.lottery.figures import jackpots
+
+    text = stream_text(nb)
+    found = re.search(r"run directory: (\S+)", text)
+    assert found, text
+    run = load_run(found.group(1))
+    try:
+        assert run.complete and run.seeds == [0, 1] and run.rounds == 3
+        assert "sparsity 0.8750 (1 - 0.5^3 = 0.875)" in text
+        metrics = run.metrics()
+        for kind, label in (("ticket", "ticket accuracy"), ("reinit", "random re-init"), ("random", "random mask")):
+            found = re.search(rf"{label} at level 3: ([0-9.eE+-]+)", text)
+            assert found, text
+            rows = metrics[(metrics["kind"] == kind) & (metrics["level"] == 3)]
+            assert float(found.group(1)) == pytest.approx(rows["accuracy"].mean(), rel=1e-12)
+        found = re.search(r"Jaccard seed 0 vs seed 1 at level 3: ([0-9.eE+-]+) \(random masks: ([0-9.eE+-]+)\)", text)
+        assert found, text
+        overall = mask_overlap(run.masks(3, 0), run.masks(3, 1)).set_index("layer").loc["overall"]
+        assert float(found.group(1)) == overall["jaccard"] and float(found.group(2)) == overall["random_jaccard"]
+        found = re.search(r"closest one-shot criterion: (\w+), Jaccard ([0-9.eE+-]+)", text)
+        assert found, text
+        check = jackpots(Explorer.from_sample("digits_mlp"), run)
+        assert found.group(1) == check.iloc[0]["criterion"] and float(found.group(2)) == check.iloc[0]["jaccard"]
+        mimes = output_types(nb)
+        assert "image/png" in mimes and "application/vnd.jupyter.widget-view+json" in mimes
+    finally:
+        shutil.rmtree(run.path.parent, ignore_errors=True)

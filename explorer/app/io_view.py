@@ -85,7 +85,9 @@ def compacted_payload(explorer: "Explorer") -> bytes:
     was_training = module.training
     module.eval()
     try:
-        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        from prunescope.explorer.core.graph import TRACE_LOCK
+        with TRACE_LOCK:
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     except Exception as err:  # noqa: BLE001 - torch.export raises many kinds; say what failed
         raise ValueError(f"torch.export could not trace the compacted model ({type(err).__name__}: {err})") from None
     finally:

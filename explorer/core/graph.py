@@ -15,6 +15,7 @@ as not prunable, with a reason naming the op and node, instead of computing some
 from __future__ import annotations
 
 import operator
+import threading
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, NamedTuple, Sequence
@@ -459,10 +460,16 @@ class _Analysis:
         return None
 
 
+#: ``torch.fx.symbolic_trace`` patches module calls process-wide while it runs, so a trace on one
+#: thread breaks a ``torch.export`` (or another trace) on another: both take this lock.
+TRACE_LOCK = threading.RLock()
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace(model)``, or a ValueError with the tracer's message."""
     try:
-        return fx.symbolic_trace(model)
+        with TRACE_LOCK:
+            return fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracer failure becomes one clear error
         raise ValueError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); channel "
