@@ -282,3 +282,22 @@ def test_bad_runs_show_the_alert_and_nothing_changes(app, run, tmp_path):
     app.explorer.prune("lamp", sparsity=0.6)
     settle(app)
     assert app.explorer.evaluate().sparsity == pytest.approx(0.6, abs=1e-3)
+
+
+def test_search_settings_and_progress_lines(app):
+    from prunescope.explorer.app.tickets_view.search import SearchProgress, parse_seeds
+
+    search = app.tickets.search
+    search.seeds.value, search.variant.value, search.dask.value = "2 5", "colt", True
+    kwargs = search.settings()
+    assert kwargs["seeds"] == [2, 5] and kwargs["variant"] == "colt" and kwargs["client"] == "local"
+    search.dask.value, search.variant.value = False, "imp"
+    assert search.settings()["client"] is None
+    with pytest.raises(ValueError, match="'-1'"):
+        parse_seeds("-1")
+    # COLT trains the full data and 2 splits per level: a level is done after its third training
+    state = SearchProgress([2], rounds=2, jobs_per_level=3, controls=True)
+    for kind in ("ticket", "ticket", "reinit", "ticket"):
+        state.record({"seed": 2, "kind": kind})
+    assert state.levels_done(2) == 1 and state.fraction_of_levels == pytest.approx(1 / 3)
+    assert "seed 2: 1 of 3 levels trained (round 1 of 2), controls 1 of 4" in state.lines()
