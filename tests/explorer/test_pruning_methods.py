@@ -283,6 +283,10 @@ NOT_METHOD_NAMES = {
     ("explorer/sparse_exec.py", 'fmt["format"] == "nm"'): "an execution format the method returns, not its name",
     ("explorer/lottery/imp.py", 'kind == "random"'): "a lottery control kind (random re-initialisation)",
     ("explorer/lottery/imp.py", 'kind != "random"'): "a lottery control kind (random re-initialisation)",
+    ("explorer/lottery/figures.py", 'source[0] == "ticket"'): "a mask-source tag ('ticket' | 'criterion')",
+    ("explorer/app/tickets_view/search.py", 'info["kind"] == "ticket"'): "a run record kind (ticket/reinit/random)",
+    ("explorer/app/tickets_view/view.py", "kind == 'ticket'"): "a run record kind, in a pandas query",
+    ("explorer/app/tickets_view/view.py", 'for kind, title in (("ticket"'): "the run record kinds, listed",
 }
 
 
