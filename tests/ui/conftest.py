@@ -30,6 +30,7 @@ def app_url(server):
 
 @pytest.fixture(scope="module")
 def browser():
+    pytest.importorskip("playwright.sync_api").expect.set_options(timeout=60_000)  # loaded CI machines
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed: browser tests need Debian's chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

@@ -168,10 +168,11 @@ def select_by_label(page, label: str):
     return page.locator(".bk-input-group", has=exact).locator("select")
 
 
-def input_by_label(page, label: str):
-    """The <input> of the Panel input widget (IntInput, TextInput) labelled exactly ``label``."""
+def input_by_label(page, label: str, within: str = "#sidebar"):
+    """The <input> of the Panel input widget (IntInput, TextInput) labelled exactly ``label``,
+    in the page area ``within`` (the sidebar: other tabs have fields of the same name)."""
     exact = page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$"))
-    return page.locator(".bk-input-group", has=exact).locator("input")
+    return page.locator(within).locator(".bk-input-group", has=exact).locator("input")
 
 
 def alert(page):
