@@ -18,7 +18,6 @@ import panel as pn
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.job_view import JobPanel
-from prunescope.explorer.lottery import REWINDS
 from prunescope.explorer.lottery.prune import check_criterion
 from prunescope.explorer.lottery.variants import get_variant
 from prunescope.explorer.pruning import METHODS
