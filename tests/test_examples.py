@@ -101,6 +101,8 @@ def test_example_runs_top_to_bottom(path, kernel_dirs):
             check_pruning_basics(nb)
         if path.name == "04_lottery_tickets.ipynb":
             check_lottery_tickets(nb)
+        if path.name == "03_feature_geometry.ipynb":
+            check_feature_geometry(nb)
 
 
 def cell_text(nb: nbformat.NotebookNode, marker: str) -> str:
