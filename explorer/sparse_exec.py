@@ -32,11 +32,18 @@ KERNEL_BACKENDS = ("numba-cpu", "numba-cuda")
 
 
 class KernelLayer(nn.Module):
-    """An ``nn.Module`` around a prepared kernel layer (``SparseLinear``, ``NMLinear``, ``SparseConv2d``)."""
+    """An ``nn.Module`` around a prepared kernel layer (``SparseLinear``, ``NMLinear``, ``SparseConv2d``).
 
-    def __init__(self, prepared: Any, backend: str, fmt: str) -> None:
+    ``weight`` and ``bias`` stay readable (the masked dense tensors), so a parent that reads them
+    directly instead of calling the layer still computes the pruned model.
+    """
+
+    def __init__(self, prepared: Any, backend: str, fmt: str, weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.prepared, self.backend, self.format = prepared, backend, fmt
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.prepared(x, backend=self.backend)
@@ -66,23 +73,40 @@ def _kernel_layer(module: nn.Module, mask: torch.Tensor, fmt: dict, backend: str
     from prunescope.kernels import NMLinear, SparseConv2d, SparseLinear
 
     weight, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
+    masked = weight * mask.to(weight.dtype)
     if type(module) is nn.Linear:
         if fmt["format"] == "nm" and nm_groups(mask, fmt["m"]) is not None:
             prepared = NMLinear.from_dense(weight, mask, fmt["n"], fmt["m"], bias)
-            return KernelLayer(prepared, backend, f"{fmt['n']}:{fmt['m']}")
-        return KernelLayer(SparseLinear.from_dense(weight, mask, bias), backend, "csr")
+            return KernelLayer(prepared, backend, f"{fmt['n']}:{fmt['m']}", masked, bias)
+        return KernelLayer(SparseLinear.from_dense(weight, mask, bias), backend, "csr", masked, bias)
     if type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros":
         prepared = SparseConv2d.from_dense(
             weight, mask, bias, stride=module.stride, padding=module.padding,
             dilation=module.dilation, groups=module.groups,
         )
-        return KernelLayer(prepared, "numba-cpu", "csr-conv")  # the conv kernel is CPU only
+        return KernelLayer(prepared, "numba-cpu", "csr-conv", masked, bias)  # the conv kernel is CPU only
     return None
 
 
-def _fallback_reason(module: nn.Module | None, called: bool) -> str:
+#: Modules with fused inference paths that read their children's weights directly.
+_FUSING_PARENTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _fused_by(model: nn.Module, module_name: str) -> str | None:
+    """The type of the ancestor that may read ``module_name``'s weight without calling it, if any."""
+    parts = module_name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        ancestor = model.get_submodule(".".join(parts[:i]))
+        if isinstance(ancestor, _FUSING_PARENTS):
+            return type(ancestor).__name__
+    return None
+
+
+def _fallback_reason(module: nn.Module | None, called: bool, fused_by: str | None = None) -> str:
     if module is None:
         return "dense torch (a bare parameter)"
+    if fused_by is not None:
+        return f"dense torch (its {fused_by} parent has a fused path that reads the weight)"
     kind = type(module).__name__
     if not called:
         return f"dense torch (read by its parent, not called: {kind})"
@@ -143,12 +167,13 @@ def build_sparse_model(explorer: "Explorer", setting: WeightSetting, backend: st
             formats[name] = "dense"
             continue
         layer = None
-        if module is not None and leaf == "weight" and module_name in called:
+        fused_by = _fused_by(model, module_name) if module is not None else None
+        if module is not None and leaf == "weight" and module_name in called and fused_by is None:
             layer = _kernel_layer(module, masks[name], fmt, backend)
         if layer is None:  # run masked in dense torch
             params = dict(model.named_parameters())
             params[name].data = params[name].data * masks[name].to(params[name].dtype)
-            formats[name] = _fallback_reason(module, module_name in called)
+            formats[name] = _fallback_reason(module, module_name in called, fused_by)
         else:
             _replace(model, module_name, layer)
             formats[name] = layer.format
