@@ -36,7 +36,8 @@ def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> None:
     """Like :func:`_set`, but a value within half a step of the slider's own is the same position:
     sending it back (0.35 for the browser's 0.35000000000000003) would make the handle jump back
     under a user pressing keys faster than the server answers, and lose their key presses."""
-    if abs(slider.value - value) > values.get("step", slider.step) / 2 - 1e-12:
+    step = min(values.get("step", slider.step), slider.step)  # a coarser new grid (N:M) is no excuse
+    if abs(slider.value - value) > step / 2 - 1e-12:
         values["value"] = value
     _set(slider, **values)
 
