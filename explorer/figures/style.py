@@ -60,12 +60,14 @@ METHOD_STYLE: dict[str, SeriesStyle] = {
     "snip": SeriesStyle(OKABE_ITO["reddish_purple"], "h", "hex", (6.0, 1.5, 1.2, 1.5, 1.2, 1.5)),
     "channel": SeriesStyle(OKABE_ITO["black"], "P", "plus", (3.0, 3.0)),
     "nm": SeriesStyle(OKABE_ITO["yellow"], "*", "star", (), edge=OKABE_ITO["black"]),
+    "ticket": SeriesStyle(OKABE_ITO["bluish_green"], "p", "square_pin", (1.0, 2.0), edge=OKABE_ITO["black"]),
 }
 
 #: Short method names for legends (a column-wide legend has room for about 2 x 16 characters).
 METHOD_LABELS: dict[str, str] = {
     "magnitude": "Magnitude", "global_magnitude": "Global magnitude", "lamp": "LAMP", "erk": "ERK",
     "uniform_plus": "Uniform+", "random": "Random", "snip": "SNIP", "channel": "Channel", "nm": "N:M",
+    "ticket": "Ticket",
 }
 
 #: Colour cycle for series without a fixed colour (layers); yellow last: it is faint on white.

@@ -61,10 +61,12 @@ def run_for(ex: "Explorer", run: "TicketRun | str | os.PathLike | None") -> Tick
     """``run`` (a run or its directory; None: the ticket of the explorer's current setting),
     checked to be a run of ``ex``'s model; a ValueError says what does not fit."""
     if run is None:
-        weights = ex.setting.weights
-        if weights.method != "ticket":
+        from prunescope.explorer.pruning.ticket import ticket_reference
+
+        ref = ticket_reference(ex.setting.weights)
+        if ref is None:
             raise ValueError("give run=<directory of a ticket search> (the current setting is not a ticket)")
-        run = weights.option("run")
+        run = ref[0]
     if not isinstance(run, TicketRun):
         run = load_run(run)
     model = run.config["model"]["name"]

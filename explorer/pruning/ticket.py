@@ -14,7 +14,15 @@ from typing import Any
 import param
 import torch
 
-from prunescope.explorer.pruning.base import Masks, PruningMethod, Ranking, ScoreContext, Scores, register_method
+from prunescope.explorer.pruning.base import (
+    Masks,
+    PruningMethod,
+    Ranking,
+    ScoreContext,
+    Scores,
+    get_method,
+    register_method,
+)
 
 
 class TicketOptions(param.Parameterized):
@@ -37,6 +45,14 @@ def load_ticket_run(path: str):
     marker = Path(path) / "run.json"
     stamp = marker.stat().st_mtime if marker.exists() else 0.0
     return _load(str(Path(path).resolve()), stamp)
+
+
+def ticket_reference(setting) -> tuple[str, int, int] | None:
+    """``(run directory, level, run_seed)`` when the weight ``setting`` selects a ticket, else None
+    (views ask this instead of comparing method names)."""
+    if not isinstance(get_method(setting.method), Ticket):
+        return None
+    return setting.option("run"), setting.option("level"), setting.option("run_seed")
 
 
 def ticket_masks_of(options: dict[str, Any]) -> Masks:

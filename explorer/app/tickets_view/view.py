@@ -26,6 +26,7 @@ from prunescope.explorer.lottery.figures import (
     overlap_by_layer_table, overlap_matrix_table, resolve_masks, run_attrs, run_for, ticket_accuracy_table,
     ticket_label,
 )
+from prunescope.explorer.pruning.ticket import ticket_reference
 from prunescope.explorer.viewmodel import percent
 from prunescope.explorer.worker import LatestWorker
 
@@ -262,13 +263,14 @@ class TicketsView(pn.viewable.Viewer):
     def used_ticket(self) -> tuple[int, int] | None:
         """``(seed, level)`` of this run's ticket the current setting uses, or None."""
         ex, run = self._explorer, self.run
-        if ex is None or run is None or run.path is None or ex.setting.weights.method != "ticket":
+        ref = ticket_reference(ex.setting.weights) if ex is not None else None
+        if ref is None or run is None or run.path is None:
             return None
-        w = ex.setting.weights
-        if Path(w.option("run")).resolve() != Path(run.path).resolve():
+        path, level, run_seed = ref
+        if Path(path).resolve() != Path(run.path).resolve():
             return None
         try:
-            rec = run.record(w.option("level"), None if w.option("run_seed") < 0 else w.option("run_seed"))
+            rec = run.record(level, None if run_seed < 0 else run_seed)
         except ValueError:
             return None
         return rec.seed, rec.level

@@ -120,7 +120,7 @@ def test_options_are_checked(mlp):
         figure_data("allocation", mlp, quantity="flops")
     with pytest.raises(ValueError, match=r"in \[0.0, 0.999\]"):
         figure_data("sensitivity", mlp, sparsities=[1.5])
-    with pytest.raises(ValueError, match="known figures: sensitivity"):
+    with pytest.raises(ValueError, match="known figures: .*sensitivity"):
         get_figure("nope")
     spec = get_figure("speed")
     assert spec.resolve({})["repeats"] == 20 and spec.option("batch_size").parse("16") == 16

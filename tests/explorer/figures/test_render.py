@@ -101,10 +101,12 @@ def test_export_gives_the_app_the_same_figure_and_data(mlp):
 def test_every_registered_method_has_its_own_colour_marker_and_dash():
     assert set(METHODS) <= set(METHOD_STYLE)
     styles = [METHOD_STYLE[m] for m in METHODS]
-    assert len({s.colour for s in styles}) == len(styles)
+    # Okabe-Ito has 9 colours: the ticket (a mask source, drawn as points) shares one, never its marker
+    assert len({s.colour for s in styles}) >= min(len(styles), len(OKABE_ITO))
     assert {s.colour for s in styles} <= set(OKABE_ITO.values())  # colour-blind safe palette
     assert len({s.marker for s in styles}) == len(styles)  # distinguishable in greyscale
     assert len({s.dash for s in styles if s.marker != "*"}) == len(styles) - 1  # N:M is a single point
+    assert len({(s.colour, s.marker, s.dash) for s in styles}) == len(styles)
 
 
 def test_style_and_figures_package_import_no_matplotlib():
