@@ -261,9 +261,7 @@ class Explorer:
             check_sparsity(value, f"sparsity of {name!r}")
             if steps is not None and not any(abs(value - s) < 1e-9 for s in steps):
                 raise ValueError(f"{name!r} under {method.display_name} takes {' or '.join(f'{s:g}' for s in steps)}; got {value:g}")
-        validate = getattr(method, "validate_setting", None)
-        if validate is not None:
-            validate(setting, self._score_context(setting.seed))
+        method.validate_setting(setting, self._score_context(setting.seed))
 
     # ----------------------------------------------------------------------------- masks
     @property

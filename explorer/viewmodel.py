@@ -99,7 +99,7 @@ def view_model(explorer: "Explorer") -> ViewModel:
                   doc="Seed of the random choices") if method.uses_seed else None
     steps = method.layer_steps(options)
     values = explorer.layer_settings()
-    locked = method.locked_weights(explorer._score_context(setting.seed)) if hasattr(method, "locked_weights") else {}
+    locked = method.locked_weights(explorer._score_context(setting.seed), options)
     hand = setting.overrides_dict
     sliders = []
     for name in explorer.weights:

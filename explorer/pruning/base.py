@@ -209,6 +209,19 @@ class PruningMethod:
         """A weight's value in the unit a hand-set override takes (fraction of weights removed)."""
         return 1.0 - float(mask.float().mean())
 
+    def locked_weights(self, ctx: ScoreContext, options: dict[str, Any]) -> dict[str, str]:
+        """Weights this method cannot prune with ``options``, with the reason (views disable them)."""
+        return {}
+
+    def validate_setting(self, setting: WeightSetting, ctx: ScoreContext) -> None:
+        """Cheap checks of a whole setting when it is set (before any mask is computed).
+
+        By default a hand-set sparsity on a locked weight is refused."""
+        locked = self.locked_weights(ctx, dict(setting.options))
+        for name, value in setting.overrides:
+            if value > 0 and name in locked:
+                raise ValueError(f"{self.display_name} cannot prune {name!r}: {locked[name]}")
+
     def describe(self, setting: WeightSetting) -> str:
         """A short human description of ``setting`` (one rounding: whole percent)."""
         return f"{self.display_name} {100 * setting.sparsity:.0f}%"

@@ -251,6 +251,12 @@ class NM(PruningMethod):
     def describe(self, setting) -> str:
         return f"{self.display_name} {setting.option('n')}:{setting.option('m')}"
 
+    def locked_weights(self, ctx: ScoreContext, options: dict[str, Any]) -> dict[str, str]:
+        m = options["m"]
+        return {n: f"its input size {w.movedim(1, -1).shape[-1] if w.dim() > 2 else w.shape[-1]} is not a "
+                   f"multiple of M={m}, so it stays dense"
+                for n, w in ctx.weights.items() if nm_groups(w, m) is None}
+
     def layer_mask(self, scores: Ranking, name: str, sparsity: float, options: dict[str, Any]) -> torch.Tensor:
         n, m = options["n"], options["m"]
         if sparsity == 0:

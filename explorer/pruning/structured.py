@@ -77,7 +77,7 @@ class Channel(PruningMethod):
                     owner.setdefault(name, g.index)
         return owner
 
-    def locked_weights(self, ctx: ScoreContext) -> dict[str, str]:
+    def locked_weights(self, ctx: ScoreContext, options: dict[str, Any] | None = None) -> dict[str, str]:
         """Weights whose output channels cannot be removed, with the reason (for the UI)."""
         owner = self.group_of(ctx)
         reasons = {}

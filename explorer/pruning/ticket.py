@@ -86,7 +86,7 @@ class Ticket(PruningMethod):
             raise ValueError("a ticket's masks are fixed: hand-set weights are not available")
         self._masks(ctx, dict(setting.options))
 
-    def locked_weights(self, ctx: ScoreContext) -> dict[str, str]:
+    def locked_weights(self, ctx: ScoreContext, options: dict[str, Any] | None = None) -> dict[str, str]:
         return {n: "a ticket's masks are fixed" for n in ctx.weights}
 
     def _masks(self, ctx: ScoreContext, options: dict[str, Any]) -> Masks:
