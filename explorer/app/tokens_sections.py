@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import panel as pn
-import torch
-from bokeh.layouts import gridplot, row
+from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, LegendItem
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
@@ -276,7 +275,7 @@ class RetentionSection(_JobSection):
                 self.figures[(name, b)] = cell
                 cells.append(cell.figure)
             rows.append(cells)
-        self.grid_pane.object = gridplot(rows, toolbar_location=None)
+        self.grid_pane.object = column(*[row(*cells) for cells in rows])  # gridplot collapses inside Panel
         table = result.table.assign(keep=[percent(k) for k in result.table["keep"]],
                                     coverage=[percent(c) for c in result.table["coverage"]],
                                     patches_mean=result.table["patches_mean"].round(2),

@@ -12,6 +12,7 @@ show a note instead. Data: :mod:`prunescope.explorer.app.tokens_data`; figures:
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
@@ -184,8 +185,8 @@ class TokensView(pn.viewable.Viewer):
         self.data, reason = self._data[id(explorer)]
         self.controls.visible = self.sections.visible = self.data is not None
         if self.data is None:
-            self.message.object = (f"<b>{explorer.name}</b> has no transformer blocks, so it has no token budget "
-                                   f"({reason}). Pick a vision transformer such as <code>shapes_vit</code>.")
+            self.message.object = (f"<b>{html.escape(explorer.name)}</b> has no token budget: {html.escape(reason)}. "
+                                   "Pick a vision transformer such as <code>shapes_vit</code>.")
             return
         self.message.object = (f"<b>{explorer.name}</b>: {self.data.num_blocks} blocks, {self.data.heads} heads, "
                                f"{self.data.patches} patch tokens on a {self.data.grid[0]}x{self.data.grid[1]} grid"
