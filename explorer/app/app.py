@@ -187,10 +187,15 @@ class ExplorerApp(pn.viewable.Viewer):
         options = {} if method_changed else c.option_values()
         if method_changed and get_method(method).uses_seed:
             options["seed"] = c.seed.value
-        fixed = get_method(method).fixed_sparsity(dict(get_method(method).check_options(
-            {k: v for k, v in options.items() if k != "seed"})))
-        sparsity = None if fixed is not None else (self._free_sparsity if method_changed else c.sparsity.value)
-        self._apply(lambda ex: ex.prune(method, sparsity=sparsity, **options))
+        free = self._free_sparsity if method_changed else c.sparsity.value
+
+        def prune(ex: "Explorer") -> None:  # inside _apply: bad options become an alert
+            strategy = get_method(method)
+            fixed = strategy.fixed_sparsity(dict(strategy.check_options(
+                {k: v for k, v in options.items() if k != "seed"})))
+            ex.prune(method, sparsity=None if fixed is not None else free, **options)
+
+        self._apply(prune)
 
     def _on_method(self, event: param.parameterized.Event) -> None:
         self._prune_from_controls(method_changed=True)
