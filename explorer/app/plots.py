@@ -57,14 +57,15 @@ class LayerSparsityChart(pn.viewable.Viewer):
             on_error=on_error)
         self.source = ColumnDataSource(self._empty())
         self.figure = figure(
-            title="Per-layer sparsity", x_range=FactorRange(), y_range=Range1d(0, 112),
+            title="Per-layer sparsity", x_range=FactorRange(), y_range=Range1d(0, 130),
             height=270, sizing_mode="stretch_width", tools="save", output_backend="svg",
             x_axis_label="Prunable layer (execution order)",
             y_axis_label="Sparsity (% of weights removed)",
         )
-        # above the frame, never over a bar or its value label
+        # inside the frame above 100 % (the axis stops there), clear of every value label; a legend
+        # in the "above" panel is laid out ~200 px off the frame by Bokeh on the first draw
         self.figure.add_layout(Legend(orientation="horizontal", location="top_left", label_text_font_size="11px",
-                                      border_line_color=None, padding=0, spacing=12, margin=4), "above")
+                                      background_fill_alpha=0.8, padding=3, spacing=12))
         self.figure.vbar(
             x="layer", top="sparsity_pct", width=0.7, source=self.source,
             color="color", legend_field="origin",

@@ -77,7 +77,7 @@ class SpeedChart(pn.viewable.Viewer):
         fig.add_layout(Legend(items=[("measured (sparse kernels)", [self.measured]),
                                      ("theoretical (FLOPs reduction)", [self.theoretical])],
                               location="top_left", orientation="horizontal", label_text_font_size="11px",
-                              border_line_color=None, padding=0, spacing=12, margin=4), "above")
+                              border_line_color=None, padding=2, spacing=12, margin=4))  # inside: see plots.py
         fig.add_tools(HoverTool(renderers=[self.measured, self.theoretical], tooltips=[
             ("layer", "@factor (@format)"), ("measured", "@measured{0.00}×"),
             ("theoretical", "@theoretical{0.00}×"), ("dense / sparse", "@dense_ms{0.000} / @sparse_ms{0.000} ms"),
@@ -103,7 +103,7 @@ class SpeedChart(pn.viewable.Viewer):
             theoretical = [float(v) for v in table["theoretical_speedup"]]
         self.figure.x_range.factors = factors
         values = [v for v in measured + theoretical if v > 0 and math.isfinite(v)] + [1.0]
-        start, end = min(values) / 1.5, max(values) * 1.5
+        start, end = min(values) / 1.5, max(values) * 4  # headroom for the legend
         self.figure.y_range.update(start=start, end=end)
         self.figure.yaxis.ticker.ticks = _log_ticks(start, end)
         self.source.data = {
