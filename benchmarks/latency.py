@@ -111,7 +111,10 @@ def method_latencies(ex: Explorer, method: str, settings: int, rng: np.random.Ge
         if i % 2:
             steps = strategy.layer_steps(dict(ex.setting.weights.options))
             value = float(rng.choice(steps)) if steps else float(rng.uniform(0.0, 0.95))
-            ex.set_layer_sparsity(hidden[int(rng.integers(len(hidden)))], value)
+            try:
+                ex.set_layer_sparsity(hidden[int(rng.integers(len(hidden)))], value)
+            except ValueError:
+                pass  # refused as the UI would (e.g. Unif+ cannot then reach its target): a global move only
 
     ex.clear_caches()
     first = _time(lambda: (move(0), ex.evaluate()))
