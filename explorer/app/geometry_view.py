@@ -23,6 +23,7 @@ import panel as pn
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.export_view import ExportMenu
+from prunescope.explorer.app.geometry_compare import CompareSection
 from prunescope.explorer.app.geometry_plots import CKAChart, CKAMatrixPlot, EmbeddingPlot, GeometryHistograms, png_uri
 from prunescope.explorer.app.job_view import JobPanel
 from prunescope.explorer.geometry.corruptions import CORRUPTIONS, SEVERITIES
@@ -33,24 +34,19 @@ from prunescope.explorer.geometry.facade import (
     explorer_fragile,
     geometry_layers,
     image_shape,
-    method_settings,
 )
 from prunescope.explorer.geometry.figures import (
-    DEFAULT_METHODS,
     FLIP_LABELS,
     class_name,
     cka_table,
-    compare_table,
     embedding_table,
     hist_table,
 )
-from prunescope.explorer.geometry.robustness import MAX_SETTINGS
 from prunescope.explorer.worker import LatestWorker
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from prunescope.explorer.core.setting import Setting
     from prunescope.explorer.engine import Explorer
 
 _NOTE = {"font-size": "12px", "color": "#4b5563"}
@@ -65,7 +61,6 @@ class Frame:
     """What one refresh computed (drawn on the session's loop)."""
 
     key: tuple
-    embedding: "pd.DataFrame | None"
     hist: "pd.DataFrame"
     fragile: "pd.DataFrame"
     seconds: float
@@ -97,8 +92,8 @@ class GeometryView(pn.viewable.Viewer):
 
     ``set_explorer(explorer)`` switches model; ``refresh()`` (the app calls it while the tab is
     visible, after every state change) recomputes for the current setting on the tab's worker.
-    Public for tests: the widgets below, ``embedding`` / ``hist`` / ``cka`` / ``fragile`` /
-    ``comparison`` (the tables drawn), ``pinned`` and :meth:`wait_idle`.
+    Public for tests: the widgets below, ``embedding`` / ``hist`` / ``cka`` / ``fragile`` (the
+    tables drawn), ``compare`` (the comparison section), ``pinned`` and :meth:`wait_idle`.
     """
 
     def __init__(self, dispatch: SessionDispatcher, on_error: Callable[[BaseException], None],
@@ -117,8 +112,9 @@ class GeometryView(pn.viewable.Viewer):
         self.fragile: pd.DataFrame | None = None
         self.cka: pd.DataFrame | None = None
         self.cka_grid: pd.DataFrame | None = None
-        self.comparison: pd.DataFrame | None = None
         self.pinned: int | None = None
+        #: Seconds from refresh() to the scatter's data, and to the histograms and fragile samples.
+        self.scatter_seconds: float | None = None
         self.last_seconds: float | None = None
         self._fit_note = ""
         self._syncing = False
@@ -129,7 +125,7 @@ class GeometryView(pn.viewable.Viewer):
                                                   margin=(28, 10, 5, 10))
         self.colour = pn.widgets.Select(label="Colour by", options=COLOURS, value="flip", width=240)
         self.corruption = pn.widgets.Select(label="Corruption (histograms, fragile samples)",
-                                            options=[NO_CORRUPTION, *CORRUPTIONS], value="gaussian_noise", width=260)
+                                            options=[NO_CORRUPTION, *CORRUPTIONS], value=NO_CORRUPTION, width=260)
         self.severity = pn.widgets.IntSlider(label="Severity", start=min(SEVERITIES), end=max(SEVERITIES), value=3,
                                              width=180)
         self.pin_input = pn.widgets.IntInput(label="Pinned sample (-1: none)", value=-1, start=-1, width=170)
@@ -150,19 +146,7 @@ class GeometryView(pn.viewable.Viewer):
                                            enabled=False)
         self.cka_export = ExportMenu("cka", lambda: self._held(self.cka), on_error=on_error, enabled=False)
         self.hist_export = ExportMenu("geometry_hist", lambda: self._held(self.hist), on_error=on_error, enabled=False)
-        self.compare_export = ExportMenu("geometry_compare", lambda: self._held(self.comparison), on_error=on_error,
-                                         enabled=False)
-
-        self.compare_methods = pn.widgets.MultiChoice(label=f"Methods at the current sparsity (up to {MAX_SETTINGS})",
-                                                      options=[], value=[], max_items=MAX_SETTINGS, width=420)
-        self.compare_corruptions = pn.widgets.MultiChoice(label="Corruptions", options=list(CORRUPTIONS),
-                                                          value=list(CORRUPTIONS), width=420)
-        self.compare_severities = pn.widgets.MultiChoice(label="Severities", options=[str(s) for s in SEVERITIES],
-                                                         value=["1", "3", "5"], width=220)
-        self.compare_job = JobPanel(dispatch, on_error, run_label="Compare", name="geometry-compare",
-                                    on_run=lambda: self.run_comparison())
-        self.compare_note = _note()
-        self.compare_pane = pn.pane.DataFrame(None, index=False, sizing_mode="stretch_width", max_height=360)
+        self.compare = CompareSection(dispatch, on_error)
 
         self._layout = self._build()
         self._wire()
@@ -172,20 +156,13 @@ class GeometryView(pn.viewable.Viewer):
         hist = pn.Column(_row(self.hist_export), pn.Row(*[pn.pane.Bokeh(f, sizing_mode="stretch_width")
                                                          for f in self.histograms.figures],
                                                          sizing_mode="stretch_width"), sizing_mode="stretch_width")
-        compare = pn.Column(
-            pn.pane.HTML("Accuracy and mean angle / norm / margin of several methods at the current sparsity (and "
-                         "token budget), clean and under each corruption.", styles=_NOTE, margin=(4, 10)),
-            pn.FlexBox(self.compare_methods, self.compare_corruptions, self.compare_severities,
-                       sizing_mode="stretch_width"),
-            self.compare_job, self.compare_note, _row(self.compare_export), self.compare_pane,
-            sizing_mode="stretch_width")
         sections = pn.Tabs(
             ("Histograms", hist),
             ("CKA", pn.Column(pn.Row(self.show_matrix, pn.HSpacer(), self.cka_export, sizing_mode="stretch_width"),
                               self.cka_note, pn.pane.Bokeh(self.cka_chart.figure, sizing_mode="stretch_width"),
                               pn.pane.Bokeh(self.cka_matrix.figure), sizing_mode="stretch_width")),
             ("Fragile samples", self.fragile_html),
-            ("Compare methods", compare),
+            ("Compare methods", self.compare),
             dynamic=False, sizing_mode="stretch_width")
         self.sections = sections
         return pn.Column(
@@ -221,16 +198,15 @@ class GeometryView(pn.viewable.Viewer):
         if explorer is self._explorer:
             return
         self.fit_job.cancel()
-        self.compare_job.cancel()
+        self.compare.set_explorer(explorer)
         self._explorer = explorer
         self._requested = self._cka_requested = None
-        self.embedding = self.hist = self.fragile = self.cka = self.cka_grid = self.comparison = None
+        self.embedding = self.hist = self.fragile = self.cka = self.cka_grid = None
         self.pinned = None
         self._fit_note = ""
         self.scatter.clear()
-        for menu in (self.embedding_export, self.cka_export, self.hist_export, self.compare_export):
+        for menu in (self.embedding_export, self.cka_export, self.hist_export):
             menu.set_enabled(False)
-        self.compare_pane.object = None
         self._syncing = True
         try:
             try:
@@ -240,8 +216,6 @@ class GeometryView(pn.viewable.Viewer):
                 self.message.object = html.escape(f"{explorer.name}: {err}")
             self.layer.param.update(options=layers, value=layers[0] if layers else "")
             self.pin_input.value = -1
-            methods = [m for m in DEFAULT_METHODS if m in explorer.methods]
-            self.compare_methods.param.update(options=list(explorer.methods), value=methods)
         finally:
             self._syncing = False
         shape = image_shape(explorer)
@@ -284,9 +258,11 @@ class GeometryView(pn.viewable.Viewer):
 
         def job() -> Frame:
             table = embedding_table(ex, layer, method, colour, setting) if ready else None
+            if table is not None:  # the scatter first; the corrupted forward for the histograms after
+                self._dispatch(lambda: self._show_scatter(key, table, started))
             hist = hist_table(ex, corruption, severity, setting=setting)
             fragile = explorer_fragile(ex, setting, FRAGILE_K, corruption, severity if corruption else 0)
-            return Frame(key, table, hist, fragile, time.perf_counter() - started)
+            return Frame(key, hist, fragile, time.perf_counter() - started)
 
         self._dispatch.submit(self._worker, job, on_done=self._show, on_error=lambda err: self._failed(key, err))
         self._request_cka()
@@ -313,6 +289,25 @@ class GeometryView(pn.viewable.Viewer):
         self._requested = None
         self.refresh()
 
+    def _show_scatter(self, key: tuple, table: "pd.DataFrame", started: float) -> None:
+        if key != self._requested or self._explorer is None:
+            return  # a newer request is on its way
+        ex = self._explorer
+        self._clear_error()
+        self.embedding = table
+        names = [class_name(ex, c) for c in range(int(table["label"].max()) + 1)]
+        self.scatter.show(table, names, thumbnails(ex), (id(ex), len(table)))
+        self.embedding_export.set_enabled(True)
+        counts = table["flip"].value_counts()
+        moved = ((table["x_pruned"] - table["x_dense"]) ** 2 + (table["y_pruned"] - table["y_dense"]) ** 2) ** 0.5
+        self.scatter_note.object = (
+            ", ".join(f"{FLIP_LABELS[k]}: {int(counts.get(k, 0))}" for k in FLIP_LABELS)
+            + f"; mean displacement {moved.mean():.3g} (dense frame units)"
+            + (f". {self._fit_note}" if table.attrs.get("method") == "umap" and self._fit_note else ""))
+        self.scatter.pin(self.embedding, self.pinned)
+        self._show_pin()
+        self.scatter_seconds = time.perf_counter() - started
+
     def _show(self, frame: Frame) -> None:
         if frame.key != self._requested or self._explorer is None:
             return  # a newer request is on its way
@@ -322,20 +317,6 @@ class GeometryView(pn.viewable.Viewer):
         self.histograms.show(frame.hist)
         self.hist_export.set_enabled(True)
         self._show_fragile(ex, frame.fragile)
-        if frame.embedding is not None:
-            self.embedding = frame.embedding
-            names = [class_name(ex, c) for c in range(int(frame.embedding["label"].max()) + 1)]
-            self.scatter.show(frame.embedding, names, thumbnails(ex), (id(ex), len(frame.embedding)))
-            self.embedding_export.set_enabled(True)
-            counts = frame.embedding["flip"].value_counts()
-            moved = ((frame.embedding["x_pruned"] - frame.embedding["x_dense"]) ** 2
-                     + (frame.embedding["y_pruned"] - frame.embedding["y_dense"]) ** 2) ** 0.5
-            self.scatter_note.object = (
-                ", ".join(f"{FLIP_LABELS[k]}: {int(counts.get(k, 0))}" for k in FLIP_LABELS)
-                + f"; mean displacement {moved.mean():.3g} (dense frame units)"
-                + (f". {self._fit_note}" if frame.embedding.attrs.get("method") == "umap" and self._fit_note else ""))
-            self.scatter.pin(self.embedding, self.pinned)
-        self._show_pin()
         self.last_seconds = frame.seconds
 
     # ------------------------------------------------------------------ CKA
@@ -431,55 +412,12 @@ class GeometryView(pn.viewable.Viewer):
             f'the {html.escape(on)}: correct dense and wrong pruned first, then the largest margin drop.</div>'
             + "".join(cards))
 
-    # ------------------------------------------------------------------ comparison
-    def comparison_settings(self) -> tuple[dict[str, "Setting"], list[str]]:
-        """The picked methods at the current sparsity with the current token budget (and what was skipped)."""
-        methods = list(self.compare_methods.value)
-        if not 1 <= len(methods) <= MAX_SETTINGS:
-            raise ValueError(f"pick 1 to {MAX_SETTINGS} methods to compare, got {len(methods)}")
-        return method_settings(self._explorer, methods)
-
-    def run_comparison(self) -> bool:
-        """Start the comparison job; returns whether it started."""
-        ex = self._explorer
-        try:
-            settings, skipped = self.comparison_settings()
-            corruptions = list(self.compare_corruptions.value)
-            severities = sorted(int(s) for s in self.compare_severities.value)
-            if corruptions and not severities:
-                raise ValueError("pick at least one severity (1-5) for the corruptions")
-            if not settings:
-                raise ValueError(f"none of the methods can run here: {'; '.join(skipped)}")
-        except ValueError as err:
-            self._on_error(err)
-            return False
-        self.compare_note.object = html.escape("; ".join(f"skipped {s}" for s in skipped))
-
-        def done(table: "pd.DataFrame") -> None:
-            if ex is not self._explorer:
-                return
-            self.comparison = table
-            self.compare_export.set_enabled(True)
-            shown = table.assign(
-                weight_sparsity=[f"{100 * v:.1f} %" for v in table["weight_sparsity"]],
-                accuracy=[f"{100 * v:.1f} %" for v in table["accuracy"]],
-                mean_angle=[f"{v:.2f}" for v in table["mean_angle"]],
-                mean_norm=[f"{v:.3f}" for v in table["mean_norm"]],
-                mean_margin=[f"{v:.3f}" for v in table["mean_margin"]],
-            )[["setting", "weight_sparsity", "corruption", "severity", "accuracy", "mean_angle", "mean_norm",
-               "mean_margin"]]
-            self.compare_pane.object = shown
-
-        return self.compare_job.start(
-            lambda progress, cancel: compare_table(ex, settings, corruptions, severities, progress, cancel),
-            on_done=done, running_text=f"Comparing {', '.join(settings)} under {len(corruptions)} corruptions…")
-
     # ------------------------------------------------------------------ lifecycle
     def wait_idle(self, timeout: float = 120.0) -> bool:
         """Block until the workers and jobs are idle (tests and scripts); a finished fit submits a
         refresh, so the check repeats until one pass finds everything idle at once."""
         deadline = time.monotonic() + timeout
-        workers = (self.fit_job, self._worker, self._cka_worker, self.compare_job)
+        workers = (self.fit_job, self._worker, self._cka_worker, self.compare)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not all(w.wait_idle(left) for w in workers):
@@ -489,7 +427,7 @@ class GeometryView(pn.viewable.Viewer):
 
     def close(self) -> None:
         """Stop the workers and jobs (session ended)."""
-        for closable in (self.fit_job, self.compare_job, self._worker, self._cka_worker):
+        for closable in (self.fit_job, self.compare, self._worker, self._cka_worker):
             closable.close()
 
     def __panel__(self) -> pn.viewable.Viewable:

@@ -5,7 +5,7 @@ behind ``ex.features``, ``ex.embedding``, ``ex.geometry``, ``ex.cka``, ``ex.comp
 Every result is a function of (explorer's model and data, setting, layer, corruption) and is
 memoised in the explorer's byte-bounded cache under keys starting with ``"geometry"``. A setting
 applies its weight masks *and* its token budget (``ex.params_for`` and ``ex.intervention`` in the
-one forward of :func:`prunescope.explorer.geometry.features.capture`). "Dense" is the unpruned
+one forward of :func:`prunescope.explorer.core.forward.forward`). "Dense" is the unpruned
 model (:data:`~prunescope.explorer.core.setting.DENSE`). Forwards hold the explorer's forward
 lock (the app's workers share the module); nothing here mutates the explorer's state.
 """
@@ -13,6 +13,7 @@ lock (the app's workers share the module); nothing here mutates the explorer's s
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -27,8 +28,8 @@ from prunescope.explorer.geometry.cka import cka_by_layer, cka_matrix
 from prunescope.explorer.geometry.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from prunescope.explorer.geometry.embedding import METHODS, Embedding, fit_embedding
 from prunescope.explorer.geometry.features import (
+    DEFAULT_MAX_BYTES,
     INPUT_SUFFIX,
-    capture,
     classifier_weight,
     default_layer,
     known_layers,
@@ -159,11 +160,8 @@ def _run(ex: "Explorer", setting: Setting, spec: str, corruption: str = CLEAN,
     key = (KEY, "run", setting, spec, corruption, severity)
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = condition_inputs(ex, corruption, severity)
-        params, intervention = ex.params_for(setting), ex.intervention(setting)
-        with _lock(ex):  # capture's hooks sit on the shared module
-            result = capture(_model(ex), params, inputs, [spec], intervention=intervention, batch_size=ex.batch_size)
-        return result.features[spec], result.logits.float().cpu()
+        feats, logits, _ = _pooled_forward(ex, setting, (), spec, condition_inputs(ex, corruption, severity))
+        return feats, logits
 
     return ex.cache.get_or(key, compute)
 
@@ -186,30 +184,43 @@ def cka_layers(ex: "Explorer") -> list[str]:
     return ex.cache.get_or((KEY, "cka-layers"), lambda: _locked(ex, prunable_layers, _model(ex), ex.eval_data[0]))
 
 
-def _pooled_forward(ex: "Explorer", setting: Setting, layers: Sequence[str],
-                    spec: str | None) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward of ``setting`` on the clean inputs: the flattened features at ``spec`` (if
-    given), the logits, and the :func:`_pooled` outputs of ``layers``."""
+def _pooled_forward(ex: "Explorer", setting: Setting, layers: Sequence[str], spec: str | None,
+                    inputs: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward of ``setting`` on ``inputs`` (default: the clean evaluation inputs): the
+    flattened features at ``spec`` (if given), the logits, and the :func:`_pooled` outputs of
+    ``layers``. The hooks sit on the shared module while the forward lock is held and record only
+    this thread's calls (code elsewhere may run the module without the lock, e.g. a FLOP count)."""
     model = _model(ex)
+    inputs = ex.eval_data[0] if inputs is None else inputs
+    owner = threading.get_ident()
     modules = dict(model.named_modules())
     chunks: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     feats: list[torch.Tensor] = []
     params, intervention = ex.params_for(setting), ex.intervention(setting)
 
     def keep(value: Any) -> None:
+        if threading.get_ident() != owner:
+            return
         out = value[0] if isinstance(value, (tuple, list)) else value
+        if not feats and 4 * len(inputs) * out[0].numel() > DEFAULT_MAX_BYTES:
+            raise ValueError(f"features at {spec!r} on {len(inputs)} samples need "
+                             f"{4 * len(inputs) * out[0].numel() / 2**20:.0f} MiB, over "
+                             f"{DEFAULT_MAX_BYTES / 2**20:.0f} MiB; pick a smaller layer")
         feats.append(out.detach().reshape(out.shape[0], -1).float().cpu())
+
+    def pool(name: str, out: Any) -> None:
+        if threading.get_ident() == owner:
+            chunks[name].append(_pooled(out))
 
     # hooks live on the shared module: register them only while holding the forward lock
     with _lock(ex):
-        handles = [modules[n].register_forward_hook(lambda m, a, out, n=n: chunks[n].append(_pooled(out)))
-                   for n in layers]
+        handles = [modules[n].register_forward_hook(lambda m, a, out, n=n: pool(n, out)) for n in layers]
         try:
             if spec is not None:
                 name, is_input = (spec[: -len(INPUT_SUFFIX)], True) if spec.endswith(INPUT_SUFFIX) else (spec, False)
                 handles.append(modules[name].register_forward_pre_hook(lambda m, args: keep(args)) if is_input
                                else modules[name].register_forward_hook(lambda m, args, out: keep(out)))
-            result = forward(model, params, ex.eval_data[0], intervention=intervention, batch_size=ex.batch_size)
+            result = forward(model, params, inputs, intervention=intervention, batch_size=ex.batch_size)
         finally:
             for handle in handles:
                 handle.remove()

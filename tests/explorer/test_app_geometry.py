@@ -176,6 +176,8 @@ def test_umap_fit_runs_as_a_job(geo_app, monkeypatch):
     calls = []
 
     def fake(features, method="umap", progress=None, cancel=None, **kwargs):
+        if method == "pca":
+            return fit_embedding(features, "pca")
         calls.append(method)
         for step in range(4):
             if progress is not None:
@@ -201,19 +203,20 @@ def test_umap_fit_runs_as_a_job(geo_app, monkeypatch):
 def test_comparison_job_against_the_engine(geo_app):
     view, ex = geo_app.geometry, geo_app.explorer
     prune(geo_app, "magnitude", 0.7)
-    view.compare_methods.value = ["magnitude", "random"]
-    view.compare_corruptions.value = ["blur"]
-    view.compare_severities.value = ["2"]
-    assert view.run_comparison()
+    view.compare.methods.value = ["magnitude", "random"]
+    view.compare.corruptions.value = ["blur"]
+    view.compare.severities.value = ["2"]
+    assert view.compare.run()
     settle(geo_app)
-    table = view.comparison
+    table = view.compare.table
     assert list(table["setting"]) == ["magnitude", "magnitude", "random", "random"]
     clean = table[(table["setting"] == "random") & (table["corruption"] == "clean")]
     random = ex.weight_setting("random", 0.7)
     assert float(clean["accuracy"].iloc[0]) == ex.evaluate(setting=Setting(weights=random)).accuracy
-    assert view.compare_export.payload("csv")[1] == table.to_csv(index=False).encode()
-    view.compare_methods.value = []
-    assert not view.run_comparison() and "pick 1 to 4 methods" in geo_app.alert.object
+    assert view.compare.export.payload("csv")[1] == table.to_csv(index=False).encode()
+    assert "random" in view.compare.pane.object["setting"].tolist()
+    view.compare.methods.value = []
+    assert not view.compare.run() and "pick 1 to 4 methods" in geo_app.alert.object
 
 
 def test_vit_geometry_with_a_token_budget(make_app, monkeypatch):
@@ -236,7 +239,8 @@ def test_vit_geometry_with_a_token_budget(make_app, monkeypatch):
     app.explorer.set_token_budget(0.5, strategy="cls_attention")
     settle(app)
     view, ex = app.geometry, app.explorer
-    assert view.embedding.attrs["layer"] == "head:input" and not app.alert.visible
+    assert not app.alert.visible, app.alert.object
+    assert view.embedding.attrs["layer"] == "head:input"
     torch.testing.assert_close(torch.as_tensor(view.scatter.source.data["x_pruned"]),
                                torch.as_tensor(explorer_embedding(ex, method="pca").pruned[:, 0]))
     assert view.scatter.source.data["thumb"][0].startswith("data:image/png")

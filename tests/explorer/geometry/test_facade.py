@@ -104,6 +104,8 @@ def _fake_umap(calls: list):
     """A stand-in for the (minute-long, JIT-compiling) UMAP fit: PCA positions labelled as UMAP,
     so the facade's neighbour placement and memo run on them."""
     def fit(features, method="umap", **kwargs):
+        if method == "pca":
+            return fit_embedding(features, "pca")
         calls.append(method)
         pca = fit_embedding(features, "pca")
         return Embedding("umap", pca.positions, pca.reference, "fake", False, {"fake": True})
@@ -240,3 +242,22 @@ def test_token_budget_applies_with_the_weights():
     torch.testing.assert_close(layer_activations(vit, DENSE)["blocks.0.attn.qkv"], torch.cat(qkv).mean(1))
     assert acts["blocks.3.mlp.fc1"].shape == (48, model.blocks[3].mlp.fc1.out_features)
     assert explorer_cka(vit, both, matrix=False).by_layer["cka"].between(-1e-9, 1 + 1e-9).all()
+
+
+def test_other_threads_forwards_are_not_captured(ex, monkeypatch):
+    """Code elsewhere may run the shared module without the forward lock (a FLOP count on one
+    sample): while the facade's hooks are on it, such a call must not add rows."""
+    import threading
+
+    real = facade.forward
+
+    def forward_with_a_stranger(model, params, inputs, **kwargs):
+        stranger = threading.Thread(target=lambda: model(inputs[:1]))
+        stranger.start()
+        stranger.join()
+        return real(model, params, inputs, **kwargs)
+
+    monkeypatch.setattr(facade, "forward", forward_with_a_stranger)
+    setting = Setting(weights=ex.weight_setting("magnitude", 0.33))
+    assert explorer_features(ex, setting=setting).shape == (539, 100)
+    assert all(len(v) == 539 for v in layer_activations(ex, setting).values())
