@@ -140,3 +140,19 @@ def test_pdf_and_svg_keep_text(vit, name, options, words, tmp_path):
             for word in words:
                 assert word in " ".join(text.split()), (name, width, word)
         assert math.isfinite(render_data(name, data, width).get_figheight())
+
+
+def test_gallery_entries_name_registered_figures_and_their_options():
+    from pathlib import Path
+
+    from prunescope.explorer.figures import get_figure
+    from prunescope.explorer.figures.gallery import GALLERY, TOKEN_KEEP, TOKEN_RECIPE, TOKEN_STRATEGY
+    from prunescope.explorer.recipes import parse_recipe
+
+    for entry in GALLERY:
+        spec = get_figure(entry.args[0])
+        options = [a.split("=")[0] for i, a in enumerate(entry.args) if i and entry.args[i - 1] == "--option"]
+        assert all(spec.option(name) is not None for name in options), (entry.stem, options)
+    recipe = Path(__file__).resolve().parents[3] / "docs" / "figures" / TOKEN_RECIPE
+    tokens = parse_recipe(recipe).setting.tokens
+    assert tokens.strategy == TOKEN_STRATEGY and tokens.keep == (1.0, TOKEN_KEEP, TOKEN_KEEP, TOKEN_KEEP)
