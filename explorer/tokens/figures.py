@@ -233,7 +233,7 @@ def _panel_height(data: pd.DataFrame, width: str, extra: int) -> float:
     panels = data["block"].nunique() + extra
     columns = min(panels, 5 if WIDTHS[width] < 5 else 8)
     rows = math.ceil(panels / columns)
-    return 0.55 + rows * (WIDTHS[width] / columns) * 0.95
+    return (0.55 if WIDTHS[width] < 5 else 0.85) + rows * (WIDTHS[width] / columns) * 0.95
 
 
 def draw_token_map(data: pd.DataFrame, fig: "Figure") -> None:
@@ -289,14 +289,16 @@ def _heatmaps(data: pd.DataFrame, fig: "Figure", column: str, label: str, vmax: 
 
 def draw_attention_map(data: pd.DataFrame, fig: "Figure") -> None:
     """The input picture, then per block the CLS attention to each patch (head mean; white: gone)."""
-    _heatmaps(data, fig, "attention", f"CLS attention weight (mean of {data.attrs.get('heads', '')} heads)".replace(
-        "of  heads", "over heads"), None, picture=True)
+    heads = data.attrs.get("heads")
+    label = f"CLS attention weight (mean of {heads} heads)" if heads else "CLS attention weight (mean over heads)"
+    _heatmaps(data, fig, "attention", label, None, picture=True)
 
 
 def draw_retention_map(data: pd.DataFrame, fig: "Figure") -> None:
     """Per block, the share of test images in which each patch position is kept."""
-    _heatmaps(data, fig, "retention_pct", f"Patch kept (% of {data.attrs.get('images', '')} test images)".replace(
-        "of  test", "of test"), 100.0, picture=False)
+    images = data.attrs.get("images")
+    label = f"Patch kept (% of {images} test images)" if images else "Patch kept (% of test images)"
+    _heatmaps(data, fig, "retention_pct", label, 100.0, picture=False)
 
 
 def draw_token_accuracy(data: pd.DataFrame, fig: "Figure") -> None:
