@@ -163,6 +163,16 @@ class Explorer:
         return self.weights
 
     @property
+    def run_model(self) -> nn.Module:
+        """The module forwards run on: the user's, or its copy on :attr:`device`."""
+        return self._run_model
+
+    @property
+    def forward_lock(self) -> threading.RLock:
+        """Held around every forward of :attr:`run_model` (``functional_call`` swaps its parameters)."""
+        return self._forward_lock
+
+    @property
     def profile(self) -> ModelProfile:
         """Shapes, kinds and dense FLOPs of the prunable weights."""
         return self._profile
@@ -340,7 +350,11 @@ class Explorer:
     def _token_adapter(self):
         from prunescope.explorer.tokens import find_adapter
 
-        return self._cache.get_or(("token-adapter",), lambda: find_adapter(self._run_model, example=self._inputs[:1]))
+        def build():
+            with self._forward_lock:  # it runs the shared model once
+                return find_adapter(self._run_model, example=self._inputs[:1])
+
+        return self._cache.get_or(("token-adapter",), build)
 
     def intervention(self, setting: Setting | None = None, record: Any = None):
         """The token intervention of ``setting`` (a context-manager factory), or None."""
@@ -386,8 +400,11 @@ class Explorer:
         from prunescope.explorer.tokens import token_cost
 
         adapter = self._token_adapter()
-        counted = self._cache.get_or(("token-cost", tokens),
-                                     lambda: token_cost(self._run_model, adapter, tokens, self._inputs[:1]))
+        def count():
+            with self._forward_lock:  # FLOPs are counted on a forward of the shared model
+                return token_cost(self._run_model, adapter, tokens, self._inputs[:1])
+
+        counted = self._cache.get_or(("token-cost", tokens), count)
         table = counted["table"]
         scale = {}
         for w in self._profile.weights:
@@ -533,6 +550,52 @@ class Explorer:
         intervention_factory(self._run_model, adapter, tokens)  # validates against the model
         self.state.setting = replace(self.setting, tokens=tokens)
         return self
+
+    # ----------------------------------------------------------------------------- feature geometry
+    def features(self, layer: str | None = None, setting: Setting | None = None) -> torch.Tensor:
+        """``(samples, dims)`` activations at ``layer`` (a module's output, ``"name:input"`` its
+        input; default the classifier's input) on the evaluation data under ``setting``."""
+        from prunescope.explorer.geometry.facade import explorer_features
+
+        return explorer_features(self, layer, setting)
+
+    def embedding(self, layer: str | None = None, method: str = "umap", setting: Setting | None = None,
+                  progress: Callable[[int, int], None] | None = None, cancel: Any = None):
+        """UMAP (or PCA) frame of the dense features, fitted once and cached on disk, with the
+        pruned features placed in it without a refit."""
+        from prunescope.explorer.geometry.facade import explorer_embedding
+
+        return explorer_embedding(self, layer, method, setting, progress, cancel)
+
+    def geometry(self, setting: Setting | None = None, corruption: str | None = None, severity: int = 0):
+        """Per-sample angle to the true class's weight vector, feature norm, margin and correctness,
+        dense and pruned (on a corrupted copy of the data when asked)."""
+        from prunescope.explorer.geometry.facade import explorer_geometry
+
+        return explorer_geometry(self, setting, corruption, severity)
+
+    def cka(self, setting: Setting | None = None, layers: Sequence[str] | None = None, debiased: bool = False,
+            matrix: bool = True):
+        """Linear CKA between dense and pruned activations per layer, and the layer-by-layer matrix."""
+        from prunescope.explorer.geometry.facade import explorer_cka
+
+        return explorer_cka(self, setting, layers, debiased, matrix)
+
+    def compare_geometry(self, settings: Any, progress: Callable[[int, int], None] | None = None,
+                         cancel: Any = None, **options: Any):
+        """Geometry and accuracy per corruption for up to 4 settings (``{label: Setting}`` or method names)."""
+        from prunescope.explorer.geometry.facade import explorer_compare, method_settings
+
+        if not isinstance(settings, dict):
+            settings = method_settings(self, settings)[0]
+        return explorer_compare(self, settings, progress=progress, cancel=cancel, **options)
+
+    def fragile_samples(self, setting: Setting | None = None, k: int = 16, corruption: str | None = None,
+                        severity: int = 0):
+        """The samples the setting breaks first (correct dense, wrong pruned; then largest margin drop)."""
+        from prunescope.explorer.geometry.facade import explorer_fragile
+
+        return explorer_fragile(self, setting, k, corruption, severity)
 
     # ----------------------------------------------------------------------------- lottery tickets
     def find_ticket(self, rounds: int = 5, prune_per_round: float = 0.2, criterion: str = "global_magnitude",

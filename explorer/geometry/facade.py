@@ -59,11 +59,11 @@ UMAP_OPTIONS = {"n_neighbors": 15, "min_dist": 0.1, "seed": 0}
 # ------------------------------------------------------------------------------ explorer access
 def _model(ex: "Explorer") -> torch.nn.Module:
     """The module the explorer runs (on its device); never mutated."""
-    return getattr(ex, "_run_model", ex.model)
+    return ex.run_model
 
 
 def _lock(ex: "Explorer"):
-    return getattr(ex, "_forward_lock", None) or contextlib.nullcontext()
+    return ex.forward_lock
 
 
 def _locked(ex: "Explorer", fn: Callable[..., Any], *args: Any) -> Any:
