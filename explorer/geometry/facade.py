@@ -12,7 +12,6 @@ lock (the app's workers share the module); nothing here mutates the explorer's s
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
