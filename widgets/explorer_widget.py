@@ -156,11 +156,18 @@ class ExplorerWidget(widgets.VBox):
 
         The JavaScript slider rounds a value it is sent to its step grid and, with
         ``continuous_update``, sends the rounded value back (0.891 -> 0.89). Taken as input, that
-        would turn a method's allocation into hand-set weights. A real move lands at least one
-        step away from the drawn value.
+        would turn a method's allocation into hand-set weights. An echo is a point of the step
+        grid within half a step of the drawn value; a real move lands at least one step away, and
+        a value off the grid (set from Python) is always input.
         """
         drawn = self._drawn.get(slider)
-        return drawn is not None and abs(value - drawn) < slider.step / 2 + 1e-9
+        if drawn is None:
+            return False
+        if abs(value - drawn) < 1e-9:
+            return True
+        steps = value / slider.step
+        on_grid = abs(steps - round(steps)) < 1e-6
+        return on_grid and abs(value - drawn) < slider.step / 2 + 1e-9
 
     def _apply(self, change_state) -> None:
         """Run one engine call; on a ValueError show it (naming the refused value) and redraw the state."""

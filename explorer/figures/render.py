@@ -8,6 +8,8 @@ on an explicit Agg canvas (no pyplot, no display needed), and the style is appli
 
 from __future__ import annotations
 
+import functools
+
 import io
 import shutil
 from pathlib import Path
@@ -50,16 +52,27 @@ def figure_data(name: str, explorer: "Explorer", progress: Callable[[int, int], 
     return frame
 
 
+@functools.lru_cache(maxsize=1)
+def _paper_figure() -> type:
+    """A matplotlib ``Figure`` that notebooks show as a PNG without pyplot (no global backend)."""
+    from matplotlib.figure import Figure
+
+    class PaperFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return figure_bytes(self, "png", dpi=150)
+
+    return PaperFigure
+
+
 def render_data(name: str, data: "pd.DataFrame", width: str = "single", height: float | None = None) -> "Figure":
     """Figure ``name`` drawn from its table ``data`` at ``width`` ('single' 3.25 in, 'double' 6.75 in)."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     spec = get_figure(name)
     size = figure_size(width, height if height is not None else spec.height_for(data, width))
     with matplotlib.rc_context(paper_rc()):
-        fig = Figure(figsize=size)
+        fig = _paper_figure()(figsize=size)
         FigureCanvasAgg(fig)
         spec.draw(data, fig)
     return fig

@@ -196,10 +196,13 @@ def test_nm_layer_sliders_offer_only_dense_or_the_pattern(widget, explorer, call
     slider = widget.layer_sliders["fc1.weight"]
     assert (slider.min, slider.max, slider.step) == (0.0, 0.5, 0.5)
     before = explorer.setting
-    slider.value = 0.3  # between the two steps: the browser snaps it back, so it is an echo
+    slider.value = 0.5 + 1e-12  # the browser's snapping of the drawn value: an echo, ignored
     assert calls["set_layer_sparsity"] == [] and explorer.setting == before
+    slider.value = 0.3  # off the step grid, so not the browser: input, refused by the engine
+    assert calls["set_layer_sparsity"] == [(("fc1.weight", 0.3), {})] and explorer.setting == before
+    assert "0.3" in widget.error
     slider.value = 0.0
-    assert calls["set_layer_sparsity"] == [(("fc1.weight", 0.0), {})]
+    assert calls["set_layer_sparsity"][-1] == (("fc1.weight", 0.0), {})
     assert widget.error is None and explorer.state.layer_sparsity == {"fc1.weight": 0.0}
     assert explorer.masks["fc1.weight"].all()
 
