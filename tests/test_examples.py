@@ -126,7 +126,7 @@ def check_pruning_basics(nb: nbformat.NotebookNode) -> None:
     followed = cell_text(nb, 'ex.prune("erk", sparsity=0.9)')
     assert followed.splitlines() == ["erk erk 0.9", "hand-set weights: {}"]  # the widget followed ex.prune(...)
     refused = cell_text(nb, 'w.layer_sliders["fc1.weight"].value = 0.3').splitlines()
-    assert "1 - n/m" in refused[0] and "0.3" in refused[0]  # the refused value, named
+    assert "0 or 0.5" in refused[0] and "0.3" in refused[0]  # the refused value and the allowed ones, named
     assert refused[1] == f"fc1.weight is still {Explorer.from_sample('digits_mlp').prune('nm', n=2, m=4).layer_sparsities()['fc1.weight']}"
     mimes = output_types(nb)
     assert "application/vnd.jupyter.widget-view+json" in mimes
