@@ -33,7 +33,7 @@ def test_moving_the_global_slider_changes_the_accuracy(page):
     handle.focus()
     for _ in range(16):  # PageUp moves 5 steps of 1 %
         page.keyboard.press("PageUp")
-    expect(page.locator(".bk-slider-title", has_text="Global sparsity")).to_contain_text("80%")
+    expect(page.locator(".bk-slider-title", has_text="Global sparsity")).to_contain_text("80.0%")
     expected = Explorer.from_sample("digits_mlp").prune("magnitude", sparsity=0.8).evaluate()
     expect(accuracy_card(page)).to_have_text(_percent(expected.accuracy), timeout=15_000)
     assert accuracy_card(page).inner_text() != before
@@ -46,7 +46,8 @@ def test_switching_model_shows_the_cnn_layers(page):
     select_by_label(page, "Model").select_option("digits_cnn")
     titles = page.locator(".bk-slider-title")
     expect(titles.filter(has_text="conv1.weight")).to_be_visible(timeout=20_000)
-    layers = [re.match(r"([\w.]+?):", t).group(1) for t in titles.all_inner_texts()[1:]]
+    found = (re.match(r"([\w.]+\.weight)\b", t) for t in titles.all_inner_texts())
+    layers = list(dict.fromkeys(m.group(1) for m in found if m))  # the per-weight sliders, in order
     assert layers == Explorer.from_sample("digits_cnn").layers
     dense = Explorer.from_sample("digits_cnn").dense_metrics()
     expect(accuracy_card(page)).to_have_text(_percent(dense.accuracy), timeout=15_000)
