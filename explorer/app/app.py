@@ -367,6 +367,10 @@ class ExplorerApp(pn.viewable.Viewer):
         self.metrics.show_dense(dense)
         self.metrics.show_metrics(metrics, backend=key[2])
         self.sensitivity.mark_measured(metrics)
+        if metrics.estimate and not self._drag:
+            # A subset's estimate never stays on the cards: the full split follows (a slider's
+            # release may never come, e.g. after key presses or a change made from code).
+            self._request_evaluation(full=True)
 
     def _evaluation_failed(self, key: tuple[int, "Setting", str], err: BaseException) -> None:
         if key == self._requested:
