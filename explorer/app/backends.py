@@ -30,13 +30,19 @@ def kernel_warmup() -> Future:
     """The process's warm-up of the Numba CPU kernels, started on first call (returns at once).
 
     Two sessions starting it at the same moment may each start one; the second only re-runs
-    kernels that are already compiled, and one future is kept.
+    kernels that are already compiled, and one future is kept. A warm-up that failed is started
+    again by the next call: its error reaches the job that waited for it, and is not kept for
+    the life of the server.
     """
     future = pn.state.cache.get(WARMUP_KEY)
-    if future is None:
+    if future is None or (future.done() and future.exception() is not None):
         from prunescope.kernels import warmup
 
-        future = pn.state.cache.setdefault(WARMUP_KEY, warmup(background=True))
+        fresh = warmup(background=True)
+        if future is None:
+            future = pn.state.cache.setdefault(WARMUP_KEY, fresh)
+        else:
+            future = pn.state.cache[WARMUP_KEY] = fresh
     return future
 
 

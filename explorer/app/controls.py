@@ -35,8 +35,11 @@ def _set(widget: pn.viewable.Viewable, **values) -> None:
 def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> None:
     """Like :func:`_set`, but a value within half a step of the slider's own is the same position:
     sending it back (0.35 for the browser's 0.35000000000000003) would make the handle jump back
-    under a user pressing keys faster than the server answers, and lose their key presses."""
-    step = min(values.get("step", slider.step), slider.step)  # a coarser new grid (N:M) is no excuse
+    under a user pressing keys faster than the server answers, and lose their key presses.
+    "A step" is the finest of the old grid, the new one and the app's 1 % step: N:M's coarse grid
+    (one step from dense to 1 - n/m) moves from 75 % to 87.5 % when m goes from 4 to 8, less
+    than half of its step, and that move must reach the slider."""
+    step = min(values.get("step", slider.step), slider.step, STEP)
     if abs(slider.value - value) > step / 2 - 1e-12:
         values["value"] = value
     _set(slider, **values)

@@ -100,6 +100,15 @@ def test_warmup_is_shared_through_the_panel_cache():
     assert kernel_warmup().result(120) is None
 
 
+def test_a_failed_warmup_is_started_again_by_the_next_session(monkeypatch):
+    failed: Future = Future()
+    failed.set_exception(ImportError("partially initialized module 'torch' (simulated)"))
+    monkeypatch.setitem(pn.state.cache, WARMUP_KEY, failed)
+    again = kernel_warmup()
+    assert again is not failed and pn.state.cache[WARMUP_KEY] is again
+    assert again.result(120) is None and kernel_warmup() is again
+
+
 def test_bokeh_runs_app_hooks_when_the_server_loads(monkeypatch):
     """``panel serve explorer`` builds a DirectoryHandler; its on_server_loaded runs app_hooks.py."""
     from bokeh.application.handlers.directory import DirectoryHandler

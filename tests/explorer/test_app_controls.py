@@ -78,6 +78,23 @@ def test_nm_shows_its_options_and_fixes_the_sparsity(app):
     assert all(s.end == pytest.approx(0.75) and s.step == pytest.approx(0.75) for s in c.layer_sliders.values())
 
 
+def test_nm_per_weight_sliders_follow_a_move_within_their_coarse_step(app):
+    """1:4 -> 1:8 moves every weight from 75 % to 87.5 %: less than half of the old 75 % step, and
+    still the sliders must show it (they once kept 75 % while the weights were 87.5 % sparse)."""
+    choose(app, "nm")
+    c = app.controls
+    c.option_widgets["n"].value = 1
+    assert app.wait_idle()
+    before = {name: s.value for name, s in c.layer_sliders.items()}
+    c.option_widgets["m"].value = 8
+    assert app.wait_idle()
+    cost = app.explorer.cost().per_layer.set_index("layer")["sparsity"]
+    assert any(v == pytest.approx(0.75) for v in before.values()), before
+    assert any(cost[name] == pytest.approx(0.875) for name in before), cost
+    for name, slider in c.layer_sliders.items():
+        assert slider.value == pytest.approx(cost[name], abs=1e-3)
+
+
 def test_choosing_nm_and_back_restores_the_free_sparsity(app):
     """N:M fixes the sparsity; the next method starts at the sparsity the user chose, not N:M's."""
     choose(app, "lamp")
