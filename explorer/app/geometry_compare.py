@@ -11,7 +11,7 @@ import panel as pn
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.export_view import ExportMenu
-from prunescope.explorer.app.job_view import JobPanel
+from prunescope.explorer.app.job_view import JobOwner, JobPanel
 from prunescope.explorer.geometry.corruptions import CORRUPTIONS, SEVERITIES
 from prunescope.explorer.geometry.facade import method_settings
 from prunescope.explorer.geometry.figures import DEFAULT_METHODS, compare_table
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _NOTE = {"font-size": "12px", "color": "#4b5563"}
 
 
-class CompareSection(pn.viewable.Viewer):
+class CompareSection(JobOwner, pn.viewable.Viewer):
     """Method, corruption and severity pickers, the Compare job, the table and its Export.
 
     Public for tests: ``methods``, ``corruptions``, ``severities``, ``job``, ``export``,
@@ -43,7 +43,7 @@ class CompareSection(pn.viewable.Viewer):
                                                   value=list(CORRUPTIONS), width=420)
         self.severities = pn.widgets.MultiChoice(label="Severities", options=[str(s) for s in SEVERITIES],
                                                  value=["1", "3", "5"], width=220)
-        self.job = JobPanel(dispatch, on_error, run_label="Compare", name="geometry-compare", on_run=lambda: self.run())
+        self._own_job(JobPanel(dispatch, on_error, run_label="Compare", name="geometry-compare", on_run=lambda: self.run()))
         self.export = ExportMenu("geometry_compare", self._held, on_error=on_error, enabled=False)
         self.note = pn.pane.HTML("", styles=_NOTE, sizing_mode="stretch_width", margin=(4, 10))
         self.pane = pn.pane.DataFrame(None, index=False, sizing_mode="stretch_width", max_height=360)
@@ -105,13 +105,6 @@ class CompareSection(pn.viewable.Viewer):
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
         return self.job.wait_idle(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self.job.running
-
-    def close(self) -> None:
-        self.job.close()
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(

@@ -21,6 +21,36 @@ from prunescope.explorer.worker import LatestWorker
 _STATUS = {"font-size": "13px", "color": "#374151"}
 
 
+class JobOwner:
+    """The part every view with one :class:`JobPanel` shares: ``running``, ``cancel``,
+    ``wait_idle`` and ``close`` go to ``self.job``, and its buttons, progress bar and status
+    line are the view's own attributes (tests and the app reach them there)."""
+
+    job: "JobPanel"
+
+    def _own_job(self, job: "JobPanel") -> None:
+        self.job = job
+        self.run_button, self.cancel_button = job.run_button, job.cancel_button
+        self.progress, self.status = job.progress, job.status
+
+    @property
+    def running(self) -> bool:
+        """Whether the job is under way (its Cancel button is live)."""
+        return self.job.running
+
+    def cancel(self) -> None:
+        """Stop the running job at its next check."""
+        self.job.cancel()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no job runs (tests and scripts)."""
+        return self.job.wait_idle(timeout)
+
+    def close(self) -> None:
+        """Stop the job and its worker thread (session ended)."""
+        self.job.close()
+
+
 class JobPanel(pn.viewable.Viewer):
     """Run/cancel/progress/status of one kind of job; at most one runs at a time.
 

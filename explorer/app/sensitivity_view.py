@@ -17,7 +17,7 @@ from bokeh.plotting import figure
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.export_view import ExportMenu
-from prunescope.explorer.app.job_view import JobPanel
+from prunescope.explorer.app.job_view import JobOwner, JobPanel
 from prunescope.explorer.app.palette import OKABE_ITO, method_style, series_colour
 from prunescope.explorer.pruning import METHODS
 from prunescope.explorer.figures import figure_data
@@ -68,7 +68,7 @@ def _curve_figure(title: str, x_label: str) -> figure:
     return fig
 
 
-class SensitivityView(pn.viewable.Viewer):
+class SensitivityView(JobOwner, pn.viewable.Viewer):
     """Accuracy vs sparsity per method and per layer, with the current setting marked.
 
     The sweep runs on this view's own worker thread, so live evaluation on the session's worker
@@ -90,10 +90,8 @@ class SensitivityView(pn.viewable.Viewer):
         self.method_export = ExportMenu("sensitivity", lambda: self._table(0), on_error=on_error, enabled=False)
         self.layer_export = ExportMenu("layer_sensitivity", lambda: self._table(1), on_error=on_error, enabled=False)
 
-        self.job = JobPanel(dispatch, on_error, run_label="Run sensitivity sweep", name="sensitivity",
-                            on_run=self.run)
-        self.run_button, self.cancel_button = self.job.run_button, self.job.cancel_button
-        self.progress, self.status = self.job.progress, self.job.status
+        self._own_job(JobPanel(dispatch, on_error, run_label="Run sensitivity sweep", name="sensitivity",
+                               on_run=self.run))
 
         self.method_source = ColumnDataSource({"xs": [], "ys": [], "label": [], "color": [], "width": []})
         self.method_points = ColumnDataSource({"x": [], "y": [], "label": [], "color": [], "marker": []})
@@ -138,11 +136,6 @@ class SensitivityView(pn.viewable.Viewer):
         fig.scatter("x", "y", source=points, color="color", marker="marker", size=7)
 
     # ------------------------------------------------------------------------------ running
-    @property
-    def running(self) -> bool:
-        """Whether a sweep is under way (its Cancel button is live)."""
-        return self.job.running
-
     def set_explorer(self, explorer: "Explorer") -> None:
         """Show ``explorer``'s curves if this session measured them; a sweep of another model stops."""
         if self._explorer is not explorer:
@@ -194,18 +187,6 @@ class SensitivityView(pn.viewable.Viewer):
 
         self.job.start(lambda progress, cancel: measure_sensitivity(explorer, progress, cancel),
                        done, f"Measuring <b>{explorer.name}</b>…")
-
-    def cancel(self) -> None:
-        """Stop the running sweep after its current evaluation."""
-        self.job.cancel()
-
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Block until no sweep runs (tests and scripts)."""
-        return self.job.wait_idle(timeout)
-
-    def close(self) -> None:
-        """Stop the sweep and the worker thread (session ended)."""
-        self.job.close()
 
     # ------------------------------------------------------------------------------ drawing
     def _clear(self) -> None:

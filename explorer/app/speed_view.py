@@ -19,7 +19,7 @@ import panel as pn
 from prunescope.explorer.app.backends import kernel_backends, warmup_for
 from prunescope.explorer.app.dispatch import SessionDispatcher
 from prunescope.explorer.app.export_view import ExportMenu
-from prunescope.explorer.app.job_view import JobPanel
+from prunescope.explorer.app.job_view import JobOwner, JobPanel
 from prunescope.explorer.app.speed_chart import SpeedChart
 from prunescope.explorer.core.setting import Setting
 from prunescope.explorer.figures import figure_data
@@ -66,7 +66,7 @@ def speed_table(name: str, report: "SpeedReport", repeats: int) -> pd.DataFrame:
                        repeats=repeats, backend=report.backend, threads=0)
 
 
-class SpeedView(pn.viewable.Viewer):
+class SpeedView(JobOwner, pn.viewable.Viewer):
     """Batch size and kernel backend, a "Measure speed" button, the chart and table of the result.
 
     The measurement (``Explorer.benchmark``) runs on this view's own worker thread and its result
@@ -91,9 +91,7 @@ class SpeedView(pn.viewable.Viewer):
         backends = kernel_backends()
         self.batch_size = pn.widgets.Select(name="Batch size", options=list(BATCH_SIZES), value=64, width=100)
         self.backend = pn.widgets.Select(name="Kernels", options=backends, value=backends[0], width=130)
-        self.job = JobPanel(dispatch, on_error, run_label="Measure speed", name="speed", on_run=self.run)
-        self.run_button, self.cancel_button = self.job.run_button, self.job.cancel_button
-        self.progress, self.status = self.job.progress, self.job.status
+        self._own_job(JobPanel(dispatch, on_error, run_label="Measure speed", name="speed", on_run=self.run))
         self.note = pn.pane.HTML(
             "Median of repeated runs; dense torch and the sparse model run the same batch of test images. "
             "Other work in this process (evaluation, sweeps) can slow a measurement down.",
@@ -110,11 +108,6 @@ class SpeedView(pn.viewable.Viewer):
         )
 
     # ------------------------------------------------------------------------------ running
-    @property
-    def running(self) -> bool:
-        """Whether a measurement is under way."""
-        return self.job.running
-
     def set_explorer(self, explorer: "Explorer") -> None:
         """Show ``explorer``'s last report, if this session measured one."""
         self._explorer = explorer
@@ -165,18 +158,6 @@ class SpeedView(pn.viewable.Viewer):
 
         self.job.start(measure, done, f"Measuring <b>{html.escape(describe_spec(spec))}</b>, batch {batch_size}, "
                                       f"{backend}…{waiting}")
-
-    def cancel(self) -> None:
-        """Stop the running measurement after the item it is timing."""
-        self.job.cancel()
-
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Block until no measurement runs (tests and scripts)."""
-        return self.job.wait_idle(timeout)
-
-    def close(self) -> None:
-        """Stop the running measurement and the worker thread (session ended)."""
-        self.job.close()
 
     # ------------------------------------------------------------------------------ drawing
     def _show(self, report: "SpeedReport") -> None:

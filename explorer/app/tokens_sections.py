@@ -13,7 +13,7 @@ from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, LegendItem
 
 from prunescope.explorer.app.dispatch import SessionDispatcher
-from prunescope.explorer.app.job_view import JobPanel
+from prunescope.explorer.app.job_view import JobOwner, JobPanel
 from prunescope.explorer.app.palette import OKABE_ITO
 from prunescope.explorer.app.tokens_figures import (
     PictureWithMap, TokenMapFigure, curve_figure, diverging_mapper, heat_mapper, rgba_image, strategy_style,
@@ -172,7 +172,7 @@ class ImageSection(pn.viewable.Viewer):
         return self._layout
 
 
-class _JobSection(pn.viewable.Viewer):
+class _JobSection(JobOwner, pn.viewable.Viewer):
     """A section whose result comes from one JobPanel job for one setting."""
 
     run_label = ""
@@ -182,7 +182,8 @@ class _JobSection(pn.viewable.Viewer):
                  current: Callable[[], tuple[Any, "TokenData | None"]]) -> None:
         super().__init__()
         self._current = current
-        self.job = JobPanel(dispatch, on_error, run_label=self.run_label, name=f"tokens-{self.job_name}", on_run=self.run)
+        self._own_job(JobPanel(dispatch, on_error, run_label=self.run_label, name=f"tokens-{self.job_name}",
+                               on_run=self.run))
         self.data: TokenData | None = None
         self.result: Any = None
         self.stale = _note()
@@ -217,12 +218,6 @@ class _JobSection(pn.viewable.Viewer):
             return
         self.stale.object = ("" if self.result.setting == setting else
                              "⚠ Computed for an earlier setting; press the button to compute this one.")
-
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        return self.job.wait_idle(timeout)
-
-    def close(self) -> None:
-        self.job.close()
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self._layout

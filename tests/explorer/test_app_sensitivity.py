@@ -111,21 +111,6 @@ def test_switching_model_cancels_the_sweep_and_redraws_kept_results(swept):
     assert len(view.method_source.data["xs"]) == len(DEFAULT_METHODS)
 
 
-def test_a_failing_sweep_shows_an_alert(close_app, monkeypatch):
-    app = ExplorerApp(model="digits_mlp")
-    try:
-        def broken(**kwargs):
-            raise RuntimeError("sweep broke (simulated)")
-
-        monkeypatch.setattr(app.explorer, "sensitivity", broken)
-        app.sensitivity.run()
-        assert app.sensitivity.wait_idle(30)
-        assert app.alert.visible and "sweep broke (simulated)" in app.alert.object
-        assert "failed" in app.sensitivity.status.object.lower() and not app.sensitivity.running
-    finally:
-        close_app(app)
-
-
 def test_inside_a_jupyter_kernel_the_sweep_runs_inline(close_app, monkeypatch):
     from prunescope.explorer.app.dispatch import SessionDispatcher
 
