@@ -22,26 +22,9 @@ from torch import nn
 
 from prunescope.explorer import Explorer
 from prunescope.explorer.pruning import METHODS, get_method
+from prunescope.sample_models.architectures import BasicBlock
 
 ESTIMATE_SECONDS = 0.1
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers and the input added back (a strided 1x1 conv-BN where the shape changes)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = None
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(y + (x if self.short is None else self.short(x)))
 
 
 class ResNet20(nn.Module):

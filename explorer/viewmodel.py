@@ -122,7 +122,7 @@ def view_model(explorer: "Explorer") -> ViewModel:
     return ViewModel(
         model=explorer.name, method=method.name,
         methods={m.display_name: name for name, m in METHODS.items()
-                 if getattr(m, "selectable", True) or name == method.name},
+                 if m.selectable or name == method.name},
         description=method.description, sparsity=sparsity, achieved=achieved, options=opts, seed=seed,
         weights=tuple(sliders), weights_note=note,
     )

@@ -76,7 +76,7 @@ class Controls:
         self.model = pn.widgets.Select(name="Model", options=models, value=model)
         self.method = pn.widgets.Select(
             name="Pruning method",
-            options={m.display_name: name for name, m in METHODS.items() if getattr(m, "selectable", True)},
+            options={m.display_name: name for name, m in METHODS.items() if m.selectable},
         )
         self.description = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
         self.sparsity = pn.widgets.FloatSlider(

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar
 import param
 import torch
 
+from prunescope.explorer.core.registry import Registry
 from prunescope.explorer.core.setting import Options, WeightSetting, freeze_options
 from prunescope.explorer.core.weights import ModelProfile
 
@@ -132,6 +133,8 @@ class PruningMethod:
     sparsity_label: ClassVar[str] = "Global sparsity (achieved, of the prunable weights)"
     #: Whether the asked sparsity is met as the achieved global sparsity of the prunable weights.
     sparsity_is_global: ClassVar[bool] = True
+    #: Offered in the method pickers (a ticket is chosen from its run instead).
+    selectable: ClassVar[bool] = True
 
     # ----------------------------------------------------------------- options
     def option_names(self) -> list[str]:
@@ -230,26 +233,20 @@ class PruningMethod:
         return self.display_name
 
 
-METHODS: dict[str, PruningMethod] = {}
+#: Every pruning method by name (one instance each); a plain dict for reading.
+METHODS: Registry[PruningMethod] = Registry("pruning method")
 
 
 def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
     """Class decorator: add one instance of ``cls`` under ``cls.name``; a taken name is an error."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty name")
-    if cls.name in METHODS:
-        raise ValueError(f"pruning method {cls.name!r} is already registered ({type(METHODS[cls.name]).__name__})")
-    METHODS[cls.name] = cls()
-    return cls
+    return METHODS.register(cls)
 
 
 def unregister_method(name: str) -> None:
     """Remove a registered method (plug-ins and tests)."""
-    METHODS.pop(name, None)
+    METHODS.unregister(name)
 
 
 def get_method(name: str) -> PruningMethod:
     """The criterion registered as ``name``; unknown names list the known ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown pruning method {name!r}; known: {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)

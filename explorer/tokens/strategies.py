@@ -19,6 +19,7 @@ import param
 import torch
 import torch.nn.functional as F
 
+from prunescope.explorer.core.registry import Registry
 from prunescope.explorer.tokens.context import DROP, RECYCLE, SelectionContext
 
 __all__ = [
@@ -98,24 +99,18 @@ def attention_score_flops(tokens: int, width: int, attn_width: int, has_cls: boo
     return 2 * queries * width * attn_width + 2 * tokens * width * attn_width + 2 * queries * tokens * attn_width
 
 
-STRATEGIES: dict[str, TokenStrategy] = {}
+#: Every token strategy by name (one instance each); a plain dict for reading.
+STRATEGIES: Registry[TokenStrategy] = Registry("token strategy")
 
 
 def register_strategy(cls: type[TokenStrategy]) -> type[TokenStrategy]:
     """Class decorator: add one instance of ``cls`` to :data:`STRATEGIES`; a name is registered once."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no registry name")
-    if cls.name in STRATEGIES:
-        raise ValueError(f"token strategy {cls.name!r} is already registered ({type(STRATEGIES[cls.name]).__name__})")
-    STRATEGIES[cls.name] = cls()
-    return cls
+    return STRATEGIES.register(cls)
 
 
 def get_strategy(name: str) -> TokenStrategy:
     """The strategy registered as ``name``; unknown names list the known ones."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown token strategy {name!r}; known: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name]
+    return STRATEGIES.lookup(name)
 
 
 def strategy_options(name: str, **options: Any) -> dict[str, Any]:

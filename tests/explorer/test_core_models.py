@@ -17,6 +17,7 @@ from prunescope.explorer import Explorer
 from prunescope.explorer.core.compact import count_flops
 from prunescope.explorer.core.setting import DENSE
 from prunescope.explorer.pruning import METHODS, get_method
+from prunescope.sample_models.architectures import BasicBlock as Block
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,24 +40,6 @@ class TransformerClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D_IN)
         return self.head(self.enc(self.embed(x)).mean(1))  # (B, CLASSES)
-
-
-class Block(nn.Module):
-    """conv-BN-ReLU-conv-BN plus the input (identity, or a strided 1x1 conv + BN when the shape changes)."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = None
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(y + (x if self.short is None else self.short(x)))
 
 
 class ResNet(nn.Module):
@@ -293,18 +276,18 @@ def test_channel_pruning_keeps_residual_channels_together(explorers):
     stream = [_rows_kept(m[n]) for n in ("stem.weight", "layer1.0.conv2.weight", "layer1.1.conv2.weight")]
     assert int(stream[0].sum()) == 4 and all(torch.equal(s, stream[0]) for s in stream)
     # ...which every reader of the stream loses as inputs (the next blocks' convs and the 1x1 shortcut)
-    for reader in ("layer1.0.conv1.weight", "layer1.1.conv1.weight", "layer2.0.conv1.weight", "layer2.0.short.0.weight"):
+    for reader in ("layer1.0.conv1.weight", "layer1.1.conv1.weight", "layer2.0.conv1.weight", "layer2.0.shortcut.0.weight"):
         assert torch.equal(_cols_kept(m[reader]), stream[0]), reader
     # the strided block's conv2, its shortcut and the next block's conv2 share the 16-channel stream
-    wide = [_rows_kept(m[n]) for n in ("layer2.0.conv2.weight", "layer2.0.short.0.weight", "layer2.1.conv2.weight")]
+    wide = [_rows_kept(m[n]) for n in ("layer2.0.conv2.weight", "layer2.0.shortcut.0.weight", "layer2.1.conv2.weight")]
     assert int(wide[0].sum()) == 8 and all(torch.equal(s, wide[0]) for s in wide)
     assert torch.equal(_cols_kept(m["fc.weight"]), wide[0]) and _rows_kept(m["fc.weight"]).all()  # outputs stay
     # a block's inner channels are a group of their own
     inner = _rows_kept(m["layer1.0.conv1.weight"])
     assert int(inner.sum()) == 4 and torch.equal(_cols_kept(m["layer1.0.conv2.weight"]), inner)
     small = ex.sparse_model(backend="numba-cpu")
-    assert (small.stem.out_channels, small.layer1[0].conv2.out_channels, small.layer2[0].short[0].in_channels,
-            small.layer2[0].short[0].out_channels, small.fc.in_features, small.fc.out_features) == (4, 4, 4, 8, 8, CLASSES)
+    assert (small.stem.out_channels, small.layer1[0].conv2.out_channels, small.layer2[0].shortcut[0].in_channels,
+            small.layer2[0].shortcut[0].out_channels, small.fc.in_features, small.fc.out_features) == (4, 4, 4, 8, 8, CLASSES)
     assert small.bn.num_features == 4 and small.layer2[1].bn2.num_features == 8
 
 

@@ -13,29 +13,10 @@ from prunescope.explorer.core.compact import compact_model, count_flops, group_m
 from prunescope.explorer.core.forward import forward, masked_params
 from prunescope.explorer.core.graph import ChannelGroup, Member, channel_groups
 from prunescope.sample_models import get_sample_model
+from prunescope.sample_models.architectures import BasicBlock
 
 
 # -- models ---------------------------------------------------------------------------------
-class BasicBlock(nn.Module):
-    """ResNet basic block; a strided 1x1 conv + BN shortcut when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))  # (B, cout, H/s, W/s)
-        out = self.bn2(self.conv2(out))
-        skip = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + skip)
-
-
 class TinyResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -35,7 +35,7 @@ def ticket_criteria() -> dict[str, str]:
     """``{display name: name}`` of the criteria a search can prune with (score-ranking ones)."""
     out = {}
     for name, method in METHODS.items():
-        if not getattr(method, "selectable", True):
+        if not method.selectable:
             continue
         try:
             check_criterion(name)
