@@ -430,6 +430,13 @@ class ExplorerApp(pn.viewable.Viewer):
         serve_css_locally()
         return self.template().servable(title=title or "Prunescope", **kwargs)
 
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Inline in a notebook: with ``pn.extension(inline=True)`` every stylesheet is inside the
+        page, at the first render and at later updates (see :mod:`~prunescope.explorer.app.notebook`)."""
+        from prunescope.explorer.app.notebook import notebook_mimebundle
+
+        return notebook_mimebundle(self, include, exclude)
+
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Row(
             pn.Column(*self.controls.widgets(), self.files, width=320),
