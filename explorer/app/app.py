@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -11,7 +12,7 @@ import param
 
 from prunescope.explorer.app.backends import evaluation_backends, warmup_for
 from prunescope.explorer.app.controls import Controls
-from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.geometry_view import GeometryView
 from prunescope.explorer.app.io_view import FilesCard
 from prunescope.explorer.app.metrics_view import MetricsPanel
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.core.setting import Setting
     from prunescope.explorer.models import ModelEntry
 
+log = logging.getLogger(__name__)
 _STATE_PARAMS = ["setting", "backend"]
 #: Frame budget of the progressive estimate shown while a slider moves, in seconds.
 ESTIMATE_SECONDS = 0.1
@@ -101,7 +103,7 @@ class ExplorerApp(pn.viewable.Viewer):
                                    clear_error=lambda: setattr(self.alert, "visible", False))
         self.extra_tabs.append(("Tickets", self.tickets))
         self.tabs = self._build_tabs()
-        self.tabs.param.watch(self._on_tab, "active")
+        self.tabs.param.watch(session_callback(self._on_tab), "active")
         self._wire()
         self._select_model(model)
         self._dispatch.on_destroyed(self.close)
@@ -121,6 +123,7 @@ class ExplorerApp(pn.viewable.Viewer):
     def _guarded(self, callback: Callable[[param.parameterized.Event], None]):
         """A widget callback that ignores changes made while the widgets are being synced."""
 
+        @session_callback
         def run(event: param.parameterized.Event) -> None:
             if not self._syncing:
                 callback(event)
@@ -139,7 +142,10 @@ class ExplorerApp(pn.viewable.Viewer):
         return self._worker.wait_idle(timeout)
 
     def show_error(self, err: BaseException) -> None:
-        """Show ``err`` in the alert above the results; the session keeps running."""
+        """Show ``err`` in the alert above the results; the session keeps running. Anything but bad
+        input (a ValueError) is also logged with its traceback: it is a bug to be seen."""
+        if not isinstance(err, ValueError):
+            log.error("error shown in the alert", exc_info=(type(err), err, err.__traceback__))
         self.alert.object = f"**Not applied:** {err}" if isinstance(err, ValueError) else f"**Error:** {err!r}"
         self.alert.param.update(alert_type="danger", visible=True)
 
@@ -254,8 +260,8 @@ class ExplorerApp(pn.viewable.Viewer):
         sliders = self.controls.set_layers(explorer.layers)
         for layer, slider in sliders.items():
             # One watcher per parameter: a key press changes value and value_throttled in one batch.
-            slider.param.watch(partial(self._set_layer, layer), "value")
-            slider.param.watch(partial(self._set_layer, layer), "value_throttled")
+            slider.param.watch(session_callback(partial(self._set_layer, layer)), "value")
+            slider.param.watch(session_callback(partial(self._set_layer, layer)), "value_throttled")
         largest = max(explorer.profile.weights, key=lambda info: info.numel).name
         self._syncing = True
         try:

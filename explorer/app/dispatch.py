@@ -17,18 +17,39 @@ thread do not reach the page (ipykernel 7), so there the app measures on the ker
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
+from panel.io.document import unlocked
 from panel.io.state import set_curdoc
 
 if TYPE_CHECKING:  # pragma: no cover
     from prunescope.explorer.worker import LatestWorker
 
 log = logging.getLogger(__name__)
+
+
+def session_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a widget or button callback of a view so the Bokeh models it changes directly
+    (a ColumnDataSource's data, a figure's title) reach the page however Panel calls it.
+
+    Panel runs the callbacks of Bokeh *events* (a button click, Enter in a text field, and the
+    value changes it flushes before them) on the event loop *without* the document lock; a direct
+    model change there raises "_pending_writes should be non-None when we have a document lock".
+    Panel's own updates go through ``panel.io.document.unlocked()`` on that path, and so do ours:
+    inside it, changes are collected and sent to the page; with the lock held, or outside a
+    server, it changes nothing."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with unlocked():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 class SessionDispatcher:

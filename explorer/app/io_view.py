@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 import panel as pn
 import torch
 
-from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.export_view import file_stem
 from prunescope.explorer.export import masks_bytes, pruned_state_dict, state_dict_bytes
 from prunescope.explorer.pruning import get_method
@@ -145,9 +145,9 @@ class FilesCard(pn.viewable.Viewer):
         self.weights_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10), sizing_mode="stretch_width",
                                          css_classes=["ps-weights-note"])
         self.compacted_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10), sizing_mode="stretch_width")
-        self.recipe_load.param.watch(lambda event: self._from_input(self.recipe_load, self.load_recipe), "value")
-        self.weights_upload.param.watch(lambda event: self._from_input(self.weights_upload, self.upload_weights),
-                                        "value")
+        for field, load in ((self.recipe_load, self.load_recipe), (self.weights_upload, self.upload_weights)):
+            field.param.watch(session_callback(lambda event, field=field, load=load: self._from_input(field, load)),
+                              "value")
         self._layout = self._build_layout()
         dispatch.on_destroyed(self.close)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import panel as pn
 
-from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.core.jobs import Cancelled
 from prunescope.explorer.worker import LatestWorker
 
@@ -72,8 +72,8 @@ class JobPanel(pn.viewable.Viewer):
         self.progress = pn.indicators.Progress(value=0, max=100, width=160, visible=False, margin=(20, 10, 5, 10))
         self.status = pn.pane.HTML("", margin=(14, 10, 5, 10), sizing_mode="stretch_width", styles=_STATUS)
         if on_run is not None:
-            self.run_button.on_click(lambda event: on_run())
-        self.cancel_button.on_click(lambda event: self.cancel())
+            self.run_button.on_click(session_callback(lambda event: on_run()))
+        self.cancel_button.on_click(session_callback(lambda event: self.cancel()))
 
     @property
     def running(self) -> bool:

@@ -17,7 +17,7 @@ import pandas as pd
 import panel as pn
 
 from prunescope.explorer.app.backends import kernel_backends, warmup_for
-from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.export_view import ExportMenu
 from prunescope.explorer.app.job_view import JobOwner, JobPanel
 from prunescope.explorer.app.speed_chart import SpeedChart
@@ -99,8 +99,8 @@ class SpeedView(JobOwner, pn.viewable.Viewer):
         )
         self.chart = SpeedChart()
         self.export = ExportMenu("speed", self._table, on_error=on_error, enabled=False)
-        self.batch_size.param.watch(lambda event: self.mark(), "value")
-        self.backend.param.watch(lambda event: self.mark(), "value")
+        self.batch_size.param.watch(session_callback(lambda event: self.mark()), "value")
+        self.backend.param.watch(session_callback(lambda event: self.mark()), "value")
         self._layout = pn.Column(
             pn.FlexBox(self.batch_size, self.backend, self.job, sizing_mode="stretch_width", align_items="end"),
             pn.Row(pn.HSpacer(), self.export, sizing_mode="stretch_width"),

@@ -12,7 +12,7 @@ import panel as pn
 from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource, LegendItem
 
-from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.job_view import JobOwner, JobPanel
 from prunescope.explorer.app.palette import OKABE_ITO
 from prunescope.explorer.app.tokens_figures import (
@@ -72,9 +72,9 @@ class ImageSection(pn.viewable.Viewer):
         self.rollout_pane = pn.pane.Bokeh(None)
         self.attention_pane = pn.pane.Bokeh(None)
         self._setting: Setting | None = None
-        self.index.param.watch(lambda e: self._request(), "value")
-        self.head_fusion.param.watch(lambda e: self._draw_rollout(), "value")
-        self.head.param.watch(lambda e: self._draw_attention(), "value")
+        self.index.param.watch(session_callback(lambda e: self._request()), "value")
+        self.head_fusion.param.watch(session_callback(lambda e: self._draw_rollout()), "value")
+        self.head.param.watch(session_callback(lambda e: self._draw_attention()), "value")
         self._layout = pn.Column(
             pn.Row(self.index, self.head, self.head_fusion), self.note,
             pn.pane.HTML("<b>Tokens at each block's input</b> (clear: kept; dark: dropped; orange: merged into a "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import panel as pn
 
 from prunescope.explorer.app.controls import option_widget
-from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.tokens_data import TokenData, parse_blocks, token_controls, token_data_for, token_options
 from prunescope.explorer.app.tokens_sections import AttributionSection, CurvesSection, ImageSection, RetentionSection
 from prunescope.explorer.viewmodel import percent
@@ -95,11 +95,13 @@ class TokensView(pn.viewable.Viewer):
         self.strategy.param.watch(guarded(lambda e: self._apply_global(strategy_changed=True)), "value")
         for w in (self.keep, self.start_block, self.schedule, self.drop_at, self.seed):
             w.param.watch(guarded(lambda e: self._apply_global()), "value")
-        self.schedule.param.watch(lambda e: setattr(self.drop_at, "visible", e.new == "drops"), "value")
+        self.schedule.param.watch(session_callback(lambda e: setattr(self.drop_at, "visible", e.new == "drops")),
+                                  "value")
         self.remove.on_click(guarded(lambda e: self._apply(lambda ex: ex.set_token_budget(None))))
-        self.sections.param.watch(lambda e: self.refresh(), "active")
+        self.sections.param.watch(session_callback(lambda e: self.refresh()), "active")
 
     def _guarded(self, callback: Callable[[Any], None]):
+        @session_callback
         def run(event: Any) -> None:
             if not self._syncing:
                 callback(event)
@@ -200,7 +202,7 @@ class TokensView(pn.viewable.Viewer):
             self.block_sliders = [pn.widgets.FloatSlider(label=f"block {b}", start=KEEP_STEP, end=1.0, step=KEEP_STEP,
                                                          value=1.0, width=170) for b in range(blocks)]
             for b, slider in enumerate(self.block_sliders):
-                slider.param.watch(lambda e, b=b: self._set_block(b, e), "value")
+                slider.param.watch(session_callback(lambda e, b=b: self._set_block(b, e)), "value")
             self.block_box.objects = list(self.block_sliders)
         finally:
             self._syncing = False

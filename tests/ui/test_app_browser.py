@@ -8,12 +8,10 @@ import pytest
 from ui_helpers import accuracy_card, select_by_label, slider_handle, wait_for_metrics
 
 from prunescope.explorer import Explorer
+from prunescope.explorer.viewmodel import percent as _percent
 
 pytestmark = pytest.mark.ui
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
-
-
-from prunescope.explorer.viewmodel import percent as _percent
 
 
 def test_page_loads_offline_and_shows_measured_metrics(page):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pandas as pd
 import panel as pn
 
-from prunescope.explorer.app.dispatch import SessionDispatcher
+from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.tickets_view.plots import AccuracyChart, OverlapByLayerChart, OverlapHeatmap, OverlayImage
 from prunescope.explorer.app.tickets_view.search import SearchSection
 from prunescope.explorer.figures.data import method_label
@@ -128,7 +128,7 @@ class TicketsView(pn.viewable.Viewer):
             pn.pane.HTML("Ticket run", styles=_HEAD, margin=(12, 10, 0, 10)),
             pn.Row(self.run_path, self.load_button), self.run_info, self.run_box, sizing_mode="stretch_width",
         )
-        self.load_button.on_click(lambda event: self.load())
+        self.load_button.on_click(session_callback(lambda event: self.load()))
         self.seed.param.watch(self._guarded(lambda e: self._seed_changed()), "value")
         for w in (self.level, self.masks, self.layer, self.versus, self.overlay_a, self.overlay_b, self.overlay_layer):
             w.param.watch(self._guarded(lambda e: self.refresh()), "value")
@@ -255,7 +255,7 @@ class TicketsView(pn.viewable.Viewer):
             rec = self.run.record(level, seed)
             button = pn.widgets.Button(label=f"Use level {level} ({percent(rec.metrics['sparsity'])} sparse)",
                                        width=210, margin=(4, 10))
-            button.on_click(lambda event, level=level: self.use_ticket(level))
+            button.on_click(session_callback(lambda event, level=level: self.use_ticket(level)))
             self.use_buttons[level] = button
         self.use_box.objects = list(self.use_buttons.values())
         self._mark_used()
