@@ -121,11 +121,13 @@ class SensitivityView(JobOwner, pn.viewable.Viewer):
         )
         self._layout = pn.Column(
             self.job,
-            pn.Row(pn.Column(pn.Row(pn.HSpacer(), self.method_export, sizing_mode="stretch_width"),
-                             pn.pane.Bokeh(self.method_figure, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
-                   pn.Column(pn.Row(pn.HSpacer(), self.layer_export, sizing_mode="stretch_width"),
-                             pn.pane.Bokeh(self.layer_figure, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
-                   sizing_mode="stretch_width"),
+            # Side by side where both titles fit (>= 2 x 440 px), one above the other on narrower screens.
+            pn.FlexBox(*(pn.Column(pn.Row(pn.HSpacer(), export, sizing_mode="stretch_width"),
+                                   pn.pane.Bokeh(fig, sizing_mode="stretch_width"),
+                                   sizing_mode="stretch_width", styles={"flex": "1 1 440px", "min-width": "0"})
+                         for export, fig in ((self.method_export, self.method_figure),
+                                             (self.layer_export, self.layer_figure))),
+                       flex_wrap="wrap", sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
 

@@ -27,13 +27,10 @@ pytestmark = pytest.mark.ui
 expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
 
 SIZES = [(1024, 768), (1280, 720), (1440, 900)]
-#: Known, reported to the lead (explorer/app/sensitivity_view.py is not this file's owner's): at
-#: 1024 px the two half-width sensitivity charts clip their titles. Filtered here, listed in the report.
-KNOWN = ("Whole model, per method (star", "One layer pruned alone by")
 
 
 def _problems(page) -> list[str]:
-    return [p for p in layout_problems(page) if not any(k in p for k in KNOWN)]
+    return layout_problems(page)
 
 
 def _tab(page, title: str) -> None:
