@@ -174,6 +174,7 @@ def draw_cka(data: pd.DataFrame, fig: "Figure") -> None:
     ax.set_xlim(0, 1.02)
     ax.axvline(1.0, color=ROLE_COLOURS["reference"], linewidth=0.6)
     ax.set_xlabel(("Debiased l" if data.attrs.get("debiased") else "L") + "inear CKA, dense vs pruned")
+    ax.set_ylabel("Layer (input at the top)")
     ax.grid(axis="y", visible=False)
 
 

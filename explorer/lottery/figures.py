@@ -293,8 +293,8 @@ def draw_overlap_matrix(data: pd.DataFrame, fig: "Figure") -> None:
     ax.set_xticks(range(len(labels)), names, rotation=40, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(labels)), names)
     cell_in = min(0.55 * fig.get_figwidth(), 0.75 * fig.get_figheight()) / max(len(labels), 1)
-    size = max(4.0, min(7.0, cell_in * 72 / 5.5))  # two lines of about five characters per cell
-    if len(labels) <= 12:  # beyond that the numbers do not fit a column-wide figure
+    size = min(7.0, cell_in * 72 / 5.5)  # two lines of about five characters per cell
+    if size >= 5.5:  # smaller is unreadable in print: the colour and its bar then carry the values
         for i in range(len(labels)):
             for j in range(len(labels)):
                 ax.text(j, i, f"{grid[i, j]:.2f}\n({rand[i, j]:.2f})", ha="center", va="center", fontsize=size,
