@@ -1,6 +1,7 @@
 """Token-pruned forward vs the dense forward of a ViT, on the full test split, same run.
 
     .venv/bin/python benchmarks/tokens.py [--repeats 15] [--keeps 0.5 0.25] [--batch-size 0] [--threads 0]
+    .venv/bin/python benchmarks/tokens.py --slider [--moves 30] [--threads 0]
 
 On ``shapes_vit`` when the sample-model registry has it (shipped weights if present, else its
 seeded initialisation, said in the output), otherwise on a small timm-layout ViT built here. For
@@ -9,6 +10,11 @@ schedule): p50 / p95 wall time of the whole test split through ``core.forward`` 
 intervention, the dense forward timed in the same loop (interleaved), the measured speed-up
 beside the FLOPs reduction (blocks with the tokens present; and with the criterion's overhead),
 and the accuracy. Prints a markdown table.
+
+``--slider`` times what a token-budget slider move costs in the app instead: the Explorer's
+``set_token_budget`` then ``evaluate()`` (the full test split, on release) or ``estimate(0.1)``
+(the progressive estimate while the slider moves), p50 / p95 over random keep ratios per
+strategy, each beside one dense forward pass of the full split timed in the same loop.
 """
 
 from __future__ import annotations
@@ -88,15 +94,59 @@ def load_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
         return spec.build().eval(), x, y, "shapes_vit (seeded initialisation: no shipped weights yet)"
 
 
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1e3
+
+
+def slider(moves: int) -> None:
+    """Slider-to-metrics of the token budget through the Explorer (fresh keep ratio each move)."""
+    import numpy as np
+
+    from prunescope.explorer import Explorer
+    from prunescope.explorer.core.setting import DENSE
+
+    ex = Explorer.from_sample("shapes_vit")
+    ex.evaluate()
+    rng = np.random.default_rng(0)
+    rows, dense = [], []
+    for name in STRATEGIES:
+        full, estimate = [], []
+        for _ in range(moves):
+            for kind, store in (("full", full), ("estimate", estimate)):
+                ex.set_token_budget(float(np.round(rng.uniform(0.15, 0.95), 2)), strategy=name)
+                start = time.perf_counter()
+                ex.evaluate() if kind == "full" else ex.estimate(0.1)
+                store.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ex.logits(DENSE)  # one dense forward pass of the full split, not cached
+            dense.append(time.perf_counter() - start)
+        rows.append((name, full, estimate))
+    d50 = _percentile(dense, 0.5)
+    print(f"shapes_vit: {len(ex.eval_data[1])} test images, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {moves} moves per strategy; one dense forward of the split: "
+          f"p50 {d50:.0f} ms, p95 {_percentile(dense, 0.95):.0f} ms\n")
+    print("| strategy | full p50 ms | full p95 ms | full p50 / dense forward | estimate p50 ms | estimate p95 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, full, estimate in rows:
+        print(f"| {name} | {_percentile(full, 0.5):.0f} | {_percentile(full, 0.95):.0f} | "
+              f"{_percentile(full, 0.5) / d50:.2f}x | {_percentile(estimate, 0.5):.0f} | {_percentile(estimate, 0.95):.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--batch-size", type=int, default=0, help="0: the whole split in one batch")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--slider", action="store_true", help="time the app's token slider (Explorer) instead")
+    parser.add_argument("--moves", type=int, default=30, help="with --slider: keep ratios per strategy")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.slider:
+        slider(args.moves)
+        return
     model, x, y, label = load_model()
     batch = args.batch_size or len(x)
     adapter = find_adapter(model, example=x[:1])
@@ -118,10 +168,7 @@ def main() -> None:
             else:
                 accuracy[i] = float((logits.argmax(1) == y).double().mean())
 
-    def pct(values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1e3
-
+    pct = _percentile
     dense50, dense95 = pct(times[0], 0.5), pct(times[0], 0.95)
     print(f"{label}: {len(x)} test images, batch {batch}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats\n")
