@@ -8,6 +8,8 @@ state change (with its callbacks suppressed, so an echo is never taken for user 
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import panel as pn
@@ -32,6 +34,24 @@ def _set(widget: pn.viewable.Viewable, **values) -> None:
         widget.param.update(**changed)
 
 
+#: How long a value drawn into a slider can come back from a notebook page as its echo (s).
+ECHO_WINDOW_S = 5.0
+_drawn_at: "weakref.WeakKeyDictionary[pn.widgets.FloatSlider, list[tuple[float, float]]]" = weakref.WeakKeyDictionary()
+
+
+def is_echo(slider: pn.widgets.FloatSlider, value: float) -> bool:
+    """Whether ``value`` is within half a step of a value drawn into ``slider`` in the last
+    ``ECHO_WINDOW_S`` seconds. In a notebook (Bokeh over Jupyter comms) the page sends a drawn
+    value back after snapping it to the slider's step, and under a fast series of draws (another
+    view's slider moved by keyboard) an echo of an older draw arrives after a newer one: taken as
+    a move, it set the weight by hand (echoes of the inline app came back up to seconds late).
+    A user's own moves are rarely in the record: a slider already where the state puts it is not
+    drawn again. The served app never needs this (its page sends only the user's moves)."""
+    now = time.monotonic()
+    step = min(slider.step, STEP)
+    return any(now - t <= ECHO_WINDOW_S and abs(value - v) < step / 2 + 1e-9 for t, v in _drawn_at.get(slider, ()))
+
+
 def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> None:
     """Like :func:`_set`, but a value within half a step of the slider's own is the same position:
     sending it back (0.35 for the browser's 0.35000000000000003) would make the handle jump back
@@ -42,6 +62,9 @@ def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> None:
     step = min(values.get("step", slider.step), slider.step, STEP)
     if abs(slider.value - value) > step / 2 - 1e-12:
         values["value"] = value
+        now = time.monotonic()
+        recent = [(t, v) for t, v in _drawn_at.get(slider, ()) if now - t <= ECHO_WINDOW_S]
+        _drawn_at[slider] = [*recent, (now, value)]
     _set(slider, **values)
 
 
