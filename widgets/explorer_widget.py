@@ -72,7 +72,10 @@ class ExplorerWidget(widgets.VBox):
         self._option_method: str | None = None
         self.seed = widgets.BoundedIntText(description="Seed", min=0, max=2**31 - 1,
                                            layout=widgets.Layout(width="180px"))
-        self.layer_sliders = {name: self._slider(name, f"Sparsity of {name}, set by hand") for name in explorer.weights}
+        # wide enough for the longest weight name (about 7 px a character at the notebook's 13 px font)
+        names_width = f"{max(140, 7 * max((len(n) for n in explorer.weights), default=0) + 8)}px"
+        self.layer_sliders = {name: self._slider(name, f"Sparsity of {name}, set by hand", names_width)
+                              for name in explorer.weights}
         self.layer_readouts = {name: widgets.HTML() for name in explorer.weights}
         self.layer_heading = widgets.HTML()
         self.metrics_html = widgets.HTML()
@@ -103,11 +106,11 @@ class ExplorerWidget(widgets.VBox):
         self._watcher = explorer.state.param.watch(self._on_state, list(STATE_PARAMS))
 
     @staticmethod
-    def _slider(description: str, tooltip: str) -> widgets.FloatSlider:
+    def _slider(description: str, tooltip: str, label_width: str = _LABEL_WIDTH) -> widgets.FloatSlider:
         return widgets.FloatSlider(
             min=0.0, max=MAX_SPARSITY, step=0.01, readout_format=".1%", continuous_update=True,
-            description=description, tooltip=tooltip,
-            style={"description_width": _LABEL_WIDTH}, layout=widgets.Layout(width="480px"),
+            description=description, tooltip=tooltip, style={"description_width": label_width},
+            layout=widgets.Layout(width=f"calc({label_width} + 340px)"),
         )
 
     @staticmethod
@@ -229,7 +232,8 @@ class ExplorerWidget(widgets.VBox):
             for s in vm.weights:
                 slider = self.layer_sliders[s.name]
                 slider.max, slider.step, slider.disabled = s.end, s.step, s.disabled
-                slider.description = s.label
+                slider.description = s.name  # "set by hand" is in the readout beside it (a label must fit)
+                slider.tooltip = s.label
                 self._draw_slider(slider, s.value)
                 self.layer_readouts[s.name].value = layer_readout(
                     int(table.at[s.name, "kept"]), int(table.at[s.name, "params"]), s.hand_set)

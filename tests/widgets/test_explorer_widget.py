@@ -167,7 +167,8 @@ def test_layer_slider_calls_set_layer_sparsity(widget, explorer, calls):
     assert calls["set_layer_sparsity"] == [(("fc2.weight", 0.95), {})]
     assert explorer.state.layer_sparsity == {"fc2.weight": 0.95}
     assert layer_values(widget) == pytest.approx({"fc1.weight": 0.5, "fc2.weight": 0.95, "fc3.weight": 0.5})
-    assert "by hand" in widget.layer_readouts["fc2.weight"].value and "set by hand" in widget.layer_sliders["fc2.weight"].description
+    assert "by hand" in widget.layer_readouts["fc2.weight"].value and "set by hand" in widget.layer_sliders["fc2.weight"].tooltip
+    assert widget.layer_sliders["fc2.weight"].description == "fc2.weight"  # the mark is in the readout: the label fits
     assert "by hand" not in widget.layer_readouts["fc1.weight"].value
     assert shown(widget, "accuracy") == explorer.evaluate().accuracy
     # the global slider resets hand-set layers
