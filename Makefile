@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 5006
 
-.PHONY: serve test test-fast bench browser weights figures clean
+.PHONY: serve test test-load test-fast bench browser weights figures clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ browser:  ## Debian's chromium for the browser tests (needs root; never download
 
 test: $(STAMP) browser  ## the whole suite, as CI runs it
 	$(BIN)/python -m pytest -q --timeout=600
+
+test-load: $(STAMP) browser  ## the browser load and session-memory tests (about 6 min)
+	PRUNESCOPE_LOAD_TESTS=1 $(BIN)/python -m pytest -q --timeout=900 tests/ui/test_load_browser.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not ui and not slow"

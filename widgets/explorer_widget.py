@@ -247,19 +247,14 @@ class ExplorerWidget(widgets.VBox):
                 self.metrics_html.value = metrics_table(self._measured, self._measured, dense, pending=False)
 
     def _draw_slider(self, slider: widgets.FloatSlider, value: float) -> None:
-        """Put ``slider`` at the point of its step grid nearest ``value``, unless it is there.
-
-        A grid point is what the browser's slider would snap to, so it has nothing to send back
-        (an off-grid 0.8900000006 came back as 0.89, and an echo of an older draw arriving after
-        a newer one was taken for a move: every weight turned hand-set). And a slider already
-        within half a step of the value is left alone: resending it would pull the handle back
-        under a user whose next key presses are still on their way (the handle bounced and key
-        presses were lost)."""
-        step = slider.step or SLIDER_STEP
-        target = min(round(round(value / step) * step, 9), slider.max)
-        self._drawn[slider] = target
-        if abs(slider.value - target) > step / 2 - 1e-12:
-            slider.value = target
+        """Put ``slider`` at ``value`` unless it is within half a step of it already: resending a
+        value the slider shows would pull the handle back under a user whose next key presses are
+        still on their way (the handle bounced and key presses were lost)."""
+        value = min(value, slider.max)
+        self._drawn[slider] = value
+        # half of the finest step: N:M's one coarse step (0.875) must not hide a real move
+        if abs(slider.value - value) > min(slider.step or SLIDER_STEP, SLIDER_STEP) / 2 - 1e-12:
+            slider.value = value
 
     def _set_error(self, message: str | None) -> None:
         self.error = message

@@ -164,7 +164,8 @@ def _widget_view(widget: ExplorerWidget) -> dict:
         "sparsity": (widget.sparsity.value, widget.sparsity.disabled),
         "options": {n: w.value for n, w in widget.option_widgets.items()},
         "seed": widget.seed.value if widget.seed.layout.display != "none" else None,
-        "weights": {n: (s.value, s.description, s.disabled, s.max, s.step) for n, s in widget.layer_sliders.items()},
+        # the widget's per-weight label is its tooltip (the slider's description is the bare name)
+        "weights": {n: (s.value, s.tooltip, s.disabled, s.max, s.step) for n, s in widget.layer_sliders.items()},
     }
 
 
