@@ -132,8 +132,8 @@ def test_the_kernel_is_this_interpreter(notebook):
 @pytest.mark.xfail(strict=False, reason=(
     "open in issue 7: with the widget and the inline app on one explorer, keyboard moves of the widget's "
     "slider still bounce its handle (ends at 90-92 %, not 89 %) and late echoes of the inline app's sliders "
-    "can set weights by hand; grid-aligned widget draws and the app's notebook echo filter reduce it, "
-    "they do not end it"))
+    "can set weights by hand; not resending a value within half a step and the app's notebook echo "
+    "filter reduce it, they do not end it"))
 def test_the_widget_slider_moved_by_keyboard_shows_the_engines_metrics(notebook):
     """End, then ten steps back (ArrowLeft), at a user's typing pace: the slider shows where the
     keys took it, no weight turns 'set by hand', and the metrics table shows exactly what the
