@@ -11,7 +11,7 @@ import panel as pn
 import param
 
 from prunescope.explorer.app.backends import evaluation_backends, warmup_for
-from prunescope.explorer.app.controls import Controls, is_echo
+from prunescope.explorer.app.controls import Controls
 from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.geometry_view import GeometryView
 from prunescope.explorer.app.io_view import FilesCard
@@ -227,7 +227,7 @@ class ExplorerApp(pn.viewable.Viewer):
         if event.name == "value_throttled":
             self._request_evaluation(full=True)
             return
-        if self._dispatch.in_kernel and is_echo(self.controls.layer_sliders[layer], event.new):
+        if self._dispatch.in_kernel and self.controls.is_echo(layer, event.new):
             self._sync_controls()  # a notebook page's echo of an earlier draw: show the state again
             return
         with self._dragging():

@@ -9,7 +9,6 @@ state change (with its callbacks suppressed, so an echo is never taken for user 
 from __future__ import annotations
 
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import panel as pn
@@ -36,23 +35,9 @@ def _set(widget: pn.viewable.Viewable, **values) -> None:
 
 #: How long a value drawn into a slider can come back from a notebook page as its echo (s).
 ECHO_WINDOW_S = 5.0
-_drawn_at: "weakref.WeakKeyDictionary[pn.widgets.FloatSlider, list[tuple[float, float]]]" = weakref.WeakKeyDictionary()
 
 
-def is_echo(slider: pn.widgets.FloatSlider, value: float) -> bool:
-    """Whether ``value`` is within half a step of a value drawn into ``slider`` in the last
-    ``ECHO_WINDOW_S`` seconds. In a notebook (Bokeh over Jupyter comms) the page sends a drawn
-    value back after snapping it to the slider's step, and under a fast series of draws (another
-    view's slider moved by keyboard) an echo of an older draw arrives after a newer one: taken as
-    a move, it set the weight by hand (echoes of the inline app came back up to seconds late).
-    A user's own moves are rarely in the record: a slider already where the state puts it is not
-    drawn again. The served app never needs this (its page sends only the user's moves)."""
-    now = time.monotonic()
-    step = min(slider.step, STEP)
-    return any(now - t <= ECHO_WINDOW_S and abs(value - v) < step / 2 + 1e-9 for t, v in _drawn_at.get(slider, ()))
-
-
-def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> None:
+def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> bool:
     """Like :func:`_set`, but a value within half a step of the slider's own is the same position:
     sending it back (0.35 for the browser's 0.35000000000000003) would make the handle jump back
     under a user pressing keys faster than the server answers, and lose their key presses.
@@ -60,12 +45,11 @@ def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> None:
     (one step from dense to 1 - n/m) moves from 75 % to 87.5 % when m goes from 4 to 8, less
     than half of its step, and that move must reach the slider."""
     step = min(values.get("step", slider.step), slider.step, STEP)
-    if abs(slider.value - value) > step / 2 - 1e-12:
+    moved = abs(slider.value - value) > step / 2 - 1e-12
+    if moved:
         values["value"] = value
-        now = time.monotonic()
-        recent = [(t, v) for t, v in _drawn_at.get(slider, ()) if now - t <= ECHO_WINDOW_S]
-        _drawn_at[slider] = [*recent, (now, value)]
     _set(slider, **values)
+    return moved  # whether the value was sent to the page
 
 
 def _doc_with_range(option: Option) -> str | None:
@@ -118,9 +102,11 @@ class Controls:
         self.layer_note = pn.pane.HTML("", styles=_NOTE, margin=(0, 10))
         self.layer_box = pn.Column(sizing_mode="stretch_width")
         self.layer_sliders: dict[str, pn.widgets.FloatSlider] = {}
+        self._drawn_at: dict[str, list[tuple[float, float]]] = {}  # per weight: (time, value) sent lately
 
     def set_layers(self, layers: list[str]) -> dict[str, pn.widgets.FloatSlider]:
         """Replace the per-weight sliders with one per weight of ``layers`` (returns them)."""
+        self._drawn_at = {}
         self.layer_sliders = {
             name: pn.widgets.FloatSlider(name=name, start=0.0, end=MAX_SPARSITY, step=STEP,
                                          value=0.0, format="0.0%", sizing_mode="stretch_width",
@@ -170,10 +156,32 @@ class Controls:
         _set(self.backend_note, object=BACKEND_NOTES[state.backend])
         for slider_vm in vm.weights:
             slider = self.layer_sliders.get(slider_vm.name)
-            if slider is not None:
-                _set_slider(slider, slider_vm.value, start=slider_vm.start, end=slider_vm.end, step=slider_vm.step,
-                            name=slider_vm.label, disabled=slider_vm.disabled)
+            if slider is not None and _set_slider(
+                    slider, slider_vm.value, start=slider_vm.start, end=slider_vm.end, step=slider_vm.step,
+                    name=slider_vm.label, disabled=slider_vm.disabled):
+                self._drew(slider_vm.name, slider_vm.value)
         _set(self.layer_note, object=vm.weights_note)
+
+    def _drew(self, name: str, value: float) -> None:
+        now = time.monotonic()
+        recent = [(t, v) for t, v in self._drawn_at.get(name, ()) if now - t <= ECHO_WINDOW_S]
+        self._drawn_at[name] = [*recent, (now, value)]
+
+    def is_echo(self, name: str, value: float) -> bool:
+        """Whether ``value`` for weight ``name`` is within half a step of a value drawn into its
+        slider in the last ``ECHO_WINDOW_S`` seconds. In a notebook (Bokeh over Jupyter comms) the
+        page sends a drawn value back after snapping it to the slider's step, and under a fast
+        series of draws (another view's slider moved by keyboard) an echo of an older draw arrives
+        after a newer one: taken as a move, it set the weight by hand (echoes of the inline app came
+        back up to seconds late). A user's own moves are rarely in the record: a slider already
+        where the state puts it is not drawn again. The served app never needs this (its page sends
+        only the user's moves)."""
+        slider = self.layer_sliders.get(name)
+        if slider is None:
+            return False
+        now, step = time.monotonic(), min(slider.step, STEP)
+        return any(now - t <= ECHO_WINDOW_S and abs(value - v) < step / 2 + 1e-9
+                   for t, v in self._drawn_at.get(name, ()))
 
     def widgets(self) -> list[pn.viewable.Viewable]:
         """The sidebar's contents, top to bottom."""

@@ -206,3 +206,18 @@ def test_nm_note_names_the_weights_that_stay_dense(make_app):
     app.explorer.prune("lamp", sparsity=0.5)
     assert app.wait_idle()
     assert "dense" not in app.controls.layer_note.object
+
+
+def test_a_per_weight_value_drawn_lately_is_an_echo_a_step_away_is_a_move(app):
+    """The notebook echo filter: after the state moved every weight to 60 %, a page sending back
+    60.00000001 % (snapped) or the 40 % drawn before it is an echo; 61 % is a user's move."""
+    c = app.controls
+    c.sparsity.value = 0.4
+    assert app.wait_idle()
+    c.sparsity.value = 0.6
+    assert app.wait_idle()
+    layer = next(iter(c.layer_sliders))
+    assert c.layer_sliders[layer].value == pytest.approx(0.6)
+    assert c.is_echo(layer, 0.6000000001) and c.is_echo(layer, 0.4)
+    assert not c.is_echo(layer, 0.61) and not c.is_echo(layer, 0.5)
+    assert not c.is_echo("no.such.weight", 0.6)
