@@ -73,7 +73,7 @@ GALLERY = (
     Entry("attention_map", "CLS attention to each patch per block (mean over the 4 heads), same image and budget; "
                            "white: the patch's token is gone.",
           ("attention_map", "--model", "shapes_vit", "--recipe", "{recipe}", "--option", "image=3")),
-    Entry("retention_map", "How often each patch position survives each block over the 1200 test images, "
+    Entry("retention_map", "How often each patch position survives each block over the 600 test images, "
                            "EViT at 50% (attention keeps the centre, where the shapes are).",
           ("retention_map", "--model", "shapes_vit", "--recipe", "{recipe}")),
     Entry("token_accuracy", "Measured accuracy vs patch tokens kept for three token strategies on the shapes ViT.",
