@@ -398,12 +398,13 @@ class Explorer(AreaMethods):
         """FLOPs per sample of the token-pruned dense model (attention, the strategy's own
         selection work and merges included), and the factor by which each prunable weight's FLOPs
         shrink (tokens its block processes over the dense count)."""
-        from prunescope.explorer.tokens import token_cost
+        from prunescope.explorer.tokens.flops import outside_flops, token_cost
 
         adapter = self._token_adapter()
         def count():
-            with self._forward_lock:  # FLOPs are counted on a forward of the shared model
-                return token_cost(self._run_model, adapter, tokens, self._inputs[:1])
+            with self._forward_lock:  # FLOPs outside the blocks are counted once, on a forward of the shared model
+                outside = self._cache.get_or(("token-outside",), lambda: outside_flops(self._run_model, adapter, self._inputs[:1]))
+            return token_cost(self._run_model, adapter, tokens, self._inputs[:1], outside=outside)
 
         counted = self._cache.get_or(("token-cost", tokens), count)
         table = counted["table"]

@@ -10,8 +10,8 @@ Three kinds are recognised, in this order:
 
 * timm layout: a ``ModuleList`` named ``blocks`` whose modules have ``attn.qkv``, ``attn.proj`` and
   ``attn.num_heads`` (``norm1`` before the attention when present); CLS at index 0 when the
-  model has a ``cls_token`` attribute. The bias is added by a forward hook on ``attn`` that
-  recomputes its output with the bias (fused ``scaled_dot_product_attention``).
+  model has a ``cls_token`` attribute. The bias is added by swapping ``attn.forward`` for one that
+  computes the biased attention (fused ``scaled_dot_product_attention``) while the bias is set.
 * ``torch.nn.TransformerEncoder`` (any ``nn.TransformerEncoderLayer``: pre- or post-norm,
   ``batch_first`` True or False). Attention is recomputed from ``self_attn.in_proj_weight``.
   PyTorch's fused fast path (``torch._transformer_encoder_layer_fwd``) is never disabled
@@ -33,6 +33,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunescope.explorer.core.forward import eval_mode
+
+
+class _SwappedForward:
+    """A hook-like handle: ``module.forward`` is ``forward`` (an instance attribute) until
+    ``remove()``, which restores what was there (a user's own instance ``forward`` included)."""
+
+    _MISSING = object()
+
+    def __init__(self, module: nn.Module, forward) -> None:
+        self.module = module
+        self.previous = module.__dict__.get("forward", self._MISSING)
+        module.forward = forward
+
+    def remove(self) -> None:
+        if self.previous is self._MISSING:
+            self.module.__dict__.pop("forward", None)
+        else:
+            self.module.forward = self.previous
 
 
 def _is_timm_block(module: nn.Module) -> bool:
@@ -140,26 +158,28 @@ class TokenAdapter:
 
     def install_bias(self, block: nn.Module, get_bias) -> list[Any]:
         """Make ``block``'s attention add ``get_bias()`` (B, N) to its logits while it is not None;
-        returns hook handles. timm layout: recompute ``attn``'s output with the bias."""
+        returns handles whose ``remove()`` undoes it. timm layout: ``attn.forward`` is swapped (on
+        the instance, for the life of the handle) for one that computes the biased attention from
+        ``qkv`` and ``proj`` with the fused kernel, and calls the original when the bias is None;
+        so a biased block computes its attention once, not twice."""
         attn = block.attn
+        original = attn.forward
 
-        def hook(module, args, output):
+        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             bias = get_bias()
             if bias is None:
-                return output
-            x = args[0]
+                return original(x, *args, **kwargs)
             B, N, C = x.shape
-            H = int(module.num_heads)
-            qkv = module.qkv(x).reshape(B, N, 3, H, -1).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            if hasattr(module, "q_norm"):
-                q, k = module.q_norm(q), module.k_norm(k)
-            scale = float(getattr(module, "scale", q.shape[-1] ** -0.5))
+            H = int(attn.num_heads)
+            q, k, v = attn.qkv(x).reshape(B, N, 3, H, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            if hasattr(attn, "q_norm"):
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            scale = float(getattr(attn, "scale", q.shape[-1] ** -0.5))
             mask = bias[:, None, None, :].to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-            return module.proj(out.transpose(1, 2).reshape(B, N, -1))
+            return attn.proj(out.transpose(1, 2).reshape(B, N, -1))
 
-        return [attn.register_forward_hook(hook)]
+        return [_SwappedForward(attn, forward)]
 
     def bias_kwargs(self, block: nn.Module, args: tuple, kwargs: dict, bias: torch.Tensor | None, shortened: bool):
         """``args, kwargs`` for the block call given the current key ``bias`` (timm: unchanged)."""

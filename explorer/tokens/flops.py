@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from prunescope.explorer.core.forward import eval_mode
 from prunescope.explorer.core.setting import TokenSetting
-from prunescope.explorer.tokens.adapters import TokenAdapter, TorchEncoderAdapter
+from prunescope.explorer.tokens.adapters import TokenAdapter
 from prunescope.explorer.tokens.budget import kept_count
 from prunescope.explorer.tokens.strategies import get_strategy
 
@@ -39,11 +39,6 @@ def block_flops(block: nn.Module, adapter: TokenAdapter, tokens: int) -> tuple[i
     """(linear FLOPs, attention FLOPs) of ``block`` processing ``tokens`` tokens (one image)."""
     _, attn_width = adapter.attention_dims(block)
     return 2 * tokens * block_linear_macs(block), 4 * tokens * tokens * attn_width
-
-
-def attention_linear_macs(block: nn.Module) -> int:
-    """Multiply-adds per token of a timm-layout attention's own projections (qkv and proj)."""
-    return sum(m.weight.numel() for m in block.attn.modules() if isinstance(m, nn.Linear))
 
 
 def token_counts(adapter: TokenAdapter, setting: TokenSetting, patches: int) -> list[tuple[int, int, bool]]:
@@ -70,9 +65,9 @@ def token_flops(
 
     Columns: ``block``, ``tokens``, ``dense_tokens``, ``linear_flops``, ``attention_flops``,
     ``flops`` (the block with that many tokens physically present), ``dense_flops``, and
-    ``overhead_flops``: the criterion's own matmuls at pruning blocks plus, for timm-layout
-    blocks with a key bias (ToMe's proportional attention, padding), the attention recomputed
-    with the bias. ``tokens_per_image`` (images, blocks), e.g. a record's per-image counts of a
+    ``overhead_flops``: the criterion's own matmuls at pruning blocks (a key bias, ToMe's
+    proportional attention or padding, is added inside the block's one attention and costs
+    nothing extra here). ``tokens_per_image`` (images, blocks), e.g. a record's per-image counts of a
     per-image strategy, replaces the budget's counts and the table gives the mean over images.
     """
     patches = patches if patches is not None else adapter.num_patches
@@ -82,8 +77,6 @@ def token_flops(
     blocks = adapter.blocks(model)
     has_cls = adapter.cls_index is not None
     counts = token_counts(adapter, setting, patches)
-    bias_from = next((b for b, (_, _, p) in enumerate(counts) if p), len(counts))
-    carries_bias = (strategy.proportional_attention or strategy.varies_per_image) and not isinstance(adapter, TorchEncoderAdapter)
     per_image = None
     if tokens_per_image is not None:
         per_image = torch.as_tensor(tokens_per_image).long()
@@ -98,9 +91,7 @@ def token_flops(
         for n in samples:
             lf, af = block_flops(block, adapter, n)
             lin, att = lin + lf, att + af
-            if carries_bias and b >= bias_from:
-                overhead += 2 * n * attention_linear_macs(block) + 4 * n * n * attn_width
-        lin, att, overhead = lin / len(samples), att / len(samples), overhead / len(samples)
+        lin, att = lin / len(samples), att / len(samples)
         if prunes:
             heads = adapter.heads(block) if adapter.has_attention else 1
             overhead += strategy.selection_flops(entering, kept_count(setting.keep[b], patches), width, attn_width,
@@ -152,10 +143,13 @@ def outside_flops(model: nn.Module, adapter: TokenAdapter, example: torch.Tensor
 
 
 def token_cost(model: nn.Module, adapter: TokenAdapter, setting: TokenSetting, example: torch.Tensor,
-               **kwargs) -> dict:
-    """Whole-model FLOPs per image: ``{"table", "flops", "dense_flops", "overhead_flops", "reduction"}``."""
+               outside: int | None = None, **kwargs) -> dict:
+    """Whole-model FLOPs per image: ``{"table", "flops", "dense_flops", "overhead_flops", "reduction"}``.
+
+    ``outside``: :func:`outside_flops` when the caller already has it (it does not depend on the
+    token setting); counted on ``example`` otherwise."""
     table = token_flops(model, adapter, setting, **kwargs)
-    outside = outside_flops(model, adapter, example)
+    outside = outside_flops(model, adapter, example) if outside is None else outside
     flops = outside + float(table["flops"].sum())
     dense = outside + float(table["dense_flops"].sum())
     return {"table": table, "flops": flops, "dense_flops": dense,

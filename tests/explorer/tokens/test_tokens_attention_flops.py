@@ -13,7 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from token_test_models import adapter_for, make_images, make_model
 
 from prunescope.explorer.core.forward import forward
-from prunescope.explorer.tokens import TokenRecord, intervention_factory, make_token_setting, token_flops
+from prunescope.explorer.tokens import (
+    TokenRecord, intervention_factory, make_token_setting, token_flops, token_intervention,
+)
 from prunescope.explorer.tokens.flops import token_cost
 
 X = make_images(2)
@@ -85,6 +87,47 @@ def test_proportional_attention_adds_log_size():
         logits = q @ k.transpose(-2, -1) / math.sqrt(8) + sizes.log()[:, None, None, :]
         assert bool((sizes > 1).any())
         assert torch.allclose(attn, logits.softmax(-1), atol=1e-5)
+
+
+def test_biased_block_output_and_restored_forward():
+    """Under ToMe the block's attention *output* is softmax(qk/sqrt(d) + log size) v, projected
+    (written here); afterwards ``attn.forward`` is the class's again, and a user's own instance
+    ``forward`` survives the intervention."""
+    model = make_model("timm_cls")
+    adapter = adapter_for(model, "timm_cls", X)
+    setting = make_token_setting("merge", [1.0, 0.5, 0.5, 0.5], adapter.num_blocks)
+    record = TokenRecord()
+    attn = model.blocks[2].attn
+    seen = {}
+    handle = attn.register_forward_hook(lambda m, a, out: seen.update(x=a[0], out=out))
+    try:
+        forward(model, {}, X, intervention=intervention_factory(model, adapter, setting, record))
+    finally:
+        handle.remove()
+    (_, sizes), = record.sequence(2)
+    x = seen["x"]
+    B, N, C = x.shape
+    with torch.no_grad():
+        q, k, v = attn.qkv(x).reshape(B, N, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        probs = (q @ k.transpose(-2, -1) / math.sqrt(8) + sizes.log()[:, None, None, :]).softmax(-1)
+        expected = attn.proj((probs @ v).transpose(1, 2).reshape(B, N, C))
+    assert bool((sizes > 1).any())
+    assert torch.allclose(seen["out"], expected, atol=1e-5)
+    assert "forward" not in vars(attn)
+
+    calls = []
+    def own_forward(x):
+        calls.append(x.shape[1])
+        return type(attn).forward(attn, x)
+    attn.forward = own_forward
+    try:
+        with token_intervention(model, adapter, setting):
+            model(X)
+        assert attn.forward is own_forward
+        model(X)
+        assert calls == [65]  # the dense run after the context goes through the user's forward
+    finally:
+        del attn.forward
 
 
 @contextlib.contextmanager
