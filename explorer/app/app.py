@@ -11,7 +11,7 @@ import panel as pn
 import param
 
 from prunescope.explorer.app.backends import evaluation_backends, warmup_for
-from prunescope.explorer.app.controls import Controls
+from prunescope.explorer.app.controls import GLOBAL, Controls
 from prunescope.explorer.app.dispatch import SessionDispatcher, session_callback
 from prunescope.explorer.app.geometry_view import GeometryView
 from prunescope.explorer.app.io_view import FilesCard
@@ -207,6 +207,9 @@ class ExplorerApp(pn.viewable.Viewer):
         self._prune_from_controls(method_changed=True)
 
     def _on_sparsity(self, event: param.parameterized.Event) -> None:
+        if self._dispatch.in_kernel and self.controls.is_echo(GLOBAL, event.new):
+            self._sync_controls()  # a notebook page's echo of an earlier draw (see Controls.is_echo)
+            return
         self._free_sparsity = event.new
         with self._dragging():
             self._prune_from_controls()
@@ -407,7 +410,7 @@ class ExplorerApp(pn.viewable.Viewer):
                                      "FLOPs reduction."), self.speed, sizing_mode="stretch_width")),
         ]
         tabs += [(title, view) for title, view in self.extra_tabs]
-        return pn.Tabs(*tabs, sizing_mode="stretch_width", dynamic=False)
+        return pn.Tabs(*tabs, sizing_mode="stretch_width", dynamic=True)
 
     @property
     def active_tab(self) -> str:

@@ -35,6 +35,8 @@ def _set(widget: pn.viewable.Viewable, **values) -> None:
 
 #: How long a value drawn into a slider can come back from a notebook page as its echo (s).
 ECHO_WINDOW_S = 5.0
+#: The echo record's name for the global sparsity slider (weights are recorded by their names).
+GLOBAL = "<global sparsity>"
 
 
 def _set_slider(slider: pn.widgets.FloatSlider, value: float, **values) -> bool:
@@ -141,7 +143,8 @@ class Controls:
         _set(self.method, value=vm.method)
         _set(self.description, object=vm.description)
         s = vm.sparsity
-        _set_slider(self.sparsity, s.value, disabled=s.disabled, name=s.label)
+        if _set_slider(self.sparsity, s.value, disabled=s.disabled, name=s.label):
+            self._drew(GLOBAL, s.value)
         _set(self.achieved, object=vm.achieved)
         for option in vm.options:
             widget = self.option_widgets.get(option.name)
@@ -168,7 +171,7 @@ class Controls:
         self._drawn_at[name] = [*recent, (now, value)]
 
     def is_echo(self, name: str, value: float) -> bool:
-        """Whether ``value`` for weight ``name`` is within half a step of a value drawn into its
+        """Whether ``value`` for weight ``name`` (or :data:`GLOBAL`) is within half a step of a value drawn into its
         slider in the last ``ECHO_WINDOW_S`` seconds. In a notebook (Bokeh over Jupyter comms) the
         page sends a drawn value back after snapping it to the slider's step, and under a fast
         series of draws (another view's slider moved by keyboard) an echo of an older draw arrives
@@ -176,7 +179,7 @@ class Controls:
         back up to seconds late). A user's own moves are rarely in the record: a slider already
         where the state puts it is not drawn again. The served app never needs this (its page sends
         only the user's moves)."""
-        slider = self.layer_sliders.get(name)
+        slider = self.sparsity if name == GLOBAL else self.layer_sliders.get(name)
         if slider is None:
             return False
         now, step = time.monotonic(), min(slider.step, STEP)

@@ -173,5 +173,8 @@ class MaskView(pn.viewable.Viewer):
             self.figure.yaxis.axis_label = "Output neuron"
 
     def __panel__(self) -> pn.viewable.Viewable:
-        top = [self.layer_select, self._legend] + ([pn.HSpacer(), self.export] if self.export.data is not None else [])
-        return pn.Column(pn.Row(*top, sizing_mode="stretch_width"), self._pane, sizing_mode="stretch_width")
+        # wraps: inline in a notebook output the export menu goes below the layer picker, not past the edge
+        pick = pn.Row(self.layer_select, self._legend, margin=0)
+        top = pn.FlexBox(pick, *([self.export] if self.export.data is not None else []), flex_wrap="wrap",
+                         justify_content="space-between", align_items="flex-end", sizing_mode="stretch_width")
+        return pn.Column(top, self._pane, sizing_mode="stretch_width")

@@ -221,3 +221,26 @@ def test_a_per_weight_value_drawn_lately_is_an_echo_a_step_away_is_a_move(app):
     assert c.is_echo(layer, 0.6000000001) and c.is_echo(layer, 0.4)
     assert not c.is_echo(layer, 0.61) and not c.is_echo(layer, 0.5)
     assert not c.is_echo("no.such.weight", 0.6)
+
+
+def test_the_global_slider_keeps_an_echo_record_too(app, monkeypatch):
+    """A change made from code draws the global slider: an older draw sent back is an echo, a step
+    away is a move; in a notebook kernel the app drops such an echo and keeps the state."""
+    from prunescope.explorer.app.controls import GLOBAL
+
+    c = app.controls
+    app.explorer.prune(c.method.value, sparsity=0.4)
+    assert app.wait_idle()
+    app.explorer.prune(c.method.value, sparsity=0.6)
+    assert app.wait_idle()
+    assert c.sparsity.value == pytest.approx(0.6)
+    assert c.is_echo(GLOBAL, 0.4) and c.is_echo(GLOBAL, 0.6000000001)
+    assert not c.is_echo(GLOBAL, 0.5)
+    monkeypatch.setattr(type(app._dispatch), "in_kernel", property(lambda self: True))
+    c.sparsity.value = 0.4  # the page's late echo of the 40 % draw
+    assert app.wait_idle()
+    assert app.explorer.setting.weights.sparsity == pytest.approx(0.6)
+    assert c.sparsity.value == pytest.approx(0.6)
+    c.sparsity.value = 0.5  # a move
+    assert app.wait_idle()
+    assert app.explorer.setting.weights.sparsity == pytest.approx(0.5)

@@ -166,4 +166,4 @@ def test_the_full_app_renders_as_panel_renders_it(inline_notebook, app):
     reference, _ = app._create_view()._repr_mimebundle_()
     kinds, styles = rendering(ours)
     assert (kinds, styles) == rendering(reference)
-    assert sum(kinds.values()) > 500
+    assert sum(kinds.values()) > 100  # sidebar, cards and the visible tab (the others are built when shown)
