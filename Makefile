@@ -25,7 +25,7 @@ browser:  ## Debian's chromium for the browser tests (needs root; never download
 test: $(STAMP) browser  ## the whole suite, as CI runs it
 	$(BIN)/python -m pytest -q --timeout=600
 
-test-load: $(STAMP) browser  ## the browser load and session-memory tests (about 6 min)
+test-load: $(STAMP) browser  ## the browser load test (8 sessions for 60 s) and the session-memory test (about 3.5 min)
 	PRUNESCOPE_LOAD_TESTS=1 $(BIN)/python -m pytest -q --timeout=900 tests/ui/test_load_browser.py
 
 test-fast: $(STAMP)

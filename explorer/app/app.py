@@ -213,6 +213,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._free_sparsity = event.new
         with self._dragging():
             self._prune_from_controls()
+        self._resend_if_crossed(GLOBAL)
 
     @contextlib.contextmanager
     def _dragging(self):
@@ -235,6 +236,20 @@ class ExplorerApp(pn.viewable.Viewer):
             return
         with self._dragging():
             self._apply(lambda ex: ex.set_layer_sparsity(layer, event.new))
+        self._resend_if_crossed(layer)
+
+    def _resend_if_crossed(self, name: str) -> None:
+        """On a served page, a user's move of a slider the server drew lately is answered with the
+        server's value a tick later (see :meth:`Controls.resend`)."""
+        if self._dispatch.served and self.controls.drawn_lately(name):
+            self._dispatch(partial(self._resend, name))
+
+    def _resend(self, name: str) -> None:
+        self._syncing = True
+        try:
+            self.controls.resend(name)
+        finally:
+            self._syncing = False
 
     def _select_model(self, name: str) -> None:
         """Show model ``name``, building its Explorer on first use with the sidebar's settings."""

@@ -35,6 +35,8 @@ def _set(widget: pn.viewable.Viewable, **values) -> None:
 
 #: How long a value drawn into a slider can come back from a notebook page as its echo (s).
 ECHO_WINDOW_S = 5.0
+#: Seconds after a draw in which a user's move of that slider may have crossed it on the wire.
+RESEND_WINDOW_S = 2.0
 #: The echo record's name for the global sparsity slider (weights are recorded by their names).
 GLOBAL = "<global sparsity>"
 
@@ -185,6 +187,27 @@ class Controls:
         now, step = time.monotonic(), min(slider.step, STEP)
         return any(now - t <= ECHO_WINDOW_S and abs(value - v) < step / 2 + 1e-9
                    for t, v in self._drawn_at.get(name, ()))
+
+    def drawn_lately(self, name: str, seconds: float = RESEND_WINDOW_S) -> bool:
+        """Whether slider ``name`` (a weight or :data:`GLOBAL`) was drawn in the last ``seconds``."""
+        now = time.monotonic()
+        return any(now - t <= seconds for t, _ in self._drawn_at.get(name, ()))
+
+    def resend(self, name: str) -> None:
+        """Send slider ``name``'s value to the page again (callers suppress the callbacks).
+
+        For a served page: a draw of this slider may have crossed the user's own move of it on the
+        wire and landed after it, so the page shows the older drawn value while the server holds
+        the user's. The server cannot send a value its model already has, and Panel never sends a
+        value back while the page's change of it is being handled; so, a tick later, the slider
+        goes a hair off and back: two changes, the page ends at the value the server holds."""
+        slider = self.sparsity if name == GLOBAL else self.layer_sliders.get(name)
+        if slider is None:
+            return
+        value = slider.value
+        hair = 1e-9 if value + 1e-9 <= slider.end else -1e-9
+        slider.value = value + hair
+        slider.value = value
 
     def widgets(self) -> list[pn.viewable.Viewable]:
         """The sidebar's contents, top to bottom."""

@@ -7,7 +7,8 @@ captures the session's document when the app is built (inside the session) and h
 update to ``pn.state.execute(..., schedule=True)`` with that document set as Panel's current
 one. Panel then calls ``doc.add_next_tick_callback`` (the one Document method Bokeh allows from
 other threads) and runs the update on the event loop, under the document lock, with errors
-reported through Panel's exception handler instead of killing the loop.
+reported through Panel's exception handler instead of killing the loop. Updates made before the
+page has loaded wait for Panel's ``onload`` and run then, in order, on the event loop.
 
 Outside a server (tests, a notebook without a session) there is no event loop to hop to: updates
 run at once on the calling thread. In a Jupyter kernel, comm messages sent from a background
@@ -21,6 +22,7 @@ import functools
 import logging
 import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import panel as pn
@@ -62,6 +64,36 @@ class SessionDispatcher:
         self._doc = doc if doc is not None and doc.session_context is not None else None
         self._closed = threading.Event()
         self._on_end: list[Callable[[], None]] = []  # run when the session ends
+        # Updates that arrive before the page has loaded wait here (see __call__).
+        self._lock = threading.Lock()
+        self._early: list[Callable[[], None]] | None = None
+        if self._doc is not None:
+            self._early = []
+            # Panel keeps onload callbacks in a WeakKeyDictionary keyed by the document: a callback
+            # holding this object (which holds the document) would keep a page that never loaded,
+            # and its whole session, alive for good. It holds a weak reference instead.
+            this = weakref.ref(self)
+
+            def loaded() -> None:
+                dispatcher = this()
+                if dispatcher is not None:
+                    dispatcher._loaded()
+
+            pn.state.onload(loaded)
+
+    def _loaded(self) -> None:
+        """Panel's onload callback (on the event loop, the page is up): run the waiting updates.
+        Panel calls it from a Bokeh event, without the document lock: as :func:`session_callback`."""
+        with self._lock:
+            early, self._early = self._early or [], None
+        for update in early:
+            if self.closed:
+                return
+            try:
+                with unlocked():
+                    update()
+            except Exception as err:  # noqa: BLE001 - as Panel would report a scheduled one
+                pn.state._handle_exception(err)
 
     @property
     def served(self) -> bool:
@@ -89,6 +121,13 @@ class SessionDispatcher:
         if self._doc is None:
             update()
             return
+        with self._lock:
+            if self._early is not None:
+                # The page has not loaded yet: a compute thread finishing while Bokeh is still
+                # setting the session up must not hand it a callback then (one in about 25 fresh
+                # sessions never got its first result); they run in order once the page is up.
+                self._early.append(update)
+                return
         try:
             with set_curdoc(self._doc):
                 pn.state.execute(update, schedule=True)

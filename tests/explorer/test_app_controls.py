@@ -9,6 +9,7 @@ import param
 import pytest
 
 from prunescope.explorer.app import ExplorerApp
+from prunescope.explorer.app.controls import GLOBAL
 from prunescope.explorer.pruning import METHODS, get_method
 from prunescope.explorer.viewmodel import view_model
 
@@ -226,8 +227,6 @@ def test_a_per_weight_value_drawn_lately_is_an_echo_a_step_away_is_a_move(app):
 def test_the_global_slider_keeps_an_echo_record_too(app, monkeypatch):
     """A change made from code draws the global slider: an older draw sent back is an echo, a step
     away is a move; in a notebook kernel the app drops such an echo and keeps the state."""
-    from prunescope.explorer.app.controls import GLOBAL
-
     c = app.controls
     app.explorer.prune(c.method.value, sparsity=0.4)
     assert app.wait_idle()
@@ -244,3 +243,22 @@ def test_the_global_slider_keeps_an_echo_record_too(app, monkeypatch):
     c.sparsity.value = 0.5  # a move
     assert app.wait_idle()
     assert app.explorer.setting.weights.sparsity == pytest.approx(0.5)
+
+
+def test_a_resend_reaches_the_page_as_two_changes_ending_at_the_value(app):
+    """What a served page gets when a draw may have crossed the user's move: the slider's Bokeh
+    model changes twice (a hair off, then back), so the page ends at the server's value."""
+    from bokeh.document import Document
+
+    c = app.controls
+    assert not c.drawn_lately("fc1.weight", seconds=0.0)
+    app.explorer.prune(c.method.value, sparsity=0.6)  # a change from code draws every slider
+    assert app.wait_idle()
+    assert c.drawn_lately("fc1.weight") and not c.drawn_lately("no.such.weight")
+    for name, slider in (("fc1.weight", c.layer_sliders["fc1.weight"]), (GLOBAL, c.sparsity)):
+        model = slider.get_root(Document())
+        seen = []
+        model.on_change("value", lambda attr, old, new: seen.append(new))
+        value = slider.value
+        c.resend(name)
+        assert len(seen) == 2 and seen[0] != value and seen[1] == value == model.value, (name, seen)
