@@ -11,7 +11,8 @@ class LatestWorker:
 
     ``submit(job, on_done, on_error)`` replaces any job still waiting. A result is delivered only
     if no newer job was submitted meanwhile, so a view never shows a stale answer. Callbacks run
-    on the worker thread: views hand them to their UI loop themselves.
+    on the worker thread: views hand them to their UI loop themselves. The thread starts with the
+    first job: a session has a dozen workers (one per view and section), most never used.
     """
 
     def __init__(self, name: str = "prunescope-worker") -> None:
@@ -20,8 +21,8 @@ class LatestWorker:
         self._generation = 0
         self._closed = False
         self._busy = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._name = name
+        self._thread: threading.Thread | None = None
 
     def submit(self, job: Callable[[], Any], on_done: Callable[[Any], None],
                on_error: Callable[[BaseException], None] | None = None) -> int:
@@ -31,6 +32,9 @@ class LatestWorker:
                 raise RuntimeError("worker is closed")
             self._generation += 1
             self._pending = (self._generation, job, on_done, on_error)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
             self._cond.notify()
             return self._generation
 

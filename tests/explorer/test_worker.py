@@ -39,3 +39,18 @@ def test_errors_go_to_on_error_and_the_worker_survives():
     assert worker.wait_idle(5)
     assert isinstance(errors[0], ZeroDivisionError) and results == [42]
     worker.close()
+
+
+def test_the_thread_starts_with_the_first_job_and_stops_on_close():
+    before = {t.name for t in threading.enumerate()}
+    worker = LatestWorker(name="prunescope-test-lazy")
+    assert "prunescope-test-lazy" not in {t.name for t in threading.enumerate()} - before
+    assert worker.idle and worker.wait_idle(0.1)  # an unused worker is idle
+    done = []
+    worker.submit(lambda: 7, done.append)
+    assert worker.wait_idle(5) and done == [7]
+    assert any(t.name == "prunescope-test-lazy" for t in threading.enumerate())
+    worker.close()
+    worker._thread.join(5)
+    assert not worker._thread.is_alive()
+    LatestWorker(name="prunescope-test-unused").close()  # closing one never started is fine
