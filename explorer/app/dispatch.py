@@ -82,18 +82,12 @@ class SessionDispatcher:
             pn.state.onload(loaded)
 
     def _loaded(self) -> None:
-        """Panel's onload callback (on the event loop, the page is up): run the waiting updates.
-        Panel calls it from a Bokeh event, without the document lock: as :func:`session_callback`."""
+        """Panel's onload callback (the page is up, the session is set up): the waiting updates
+        go to the event loop like any later one, in order."""
         with self._lock:
             early, self._early = self._early or [], None
         for update in early:
-            if self.closed:
-                return
-            try:
-                with unlocked():
-                    update()
-            except Exception as err:  # noqa: BLE001 - as Panel would report a scheduled one
-                pn.state._handle_exception(err)
+            self(update)
 
     @property
     def served(self) -> bool:

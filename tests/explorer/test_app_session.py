@@ -42,7 +42,7 @@ class FakeSessionDocument:
                 callback()
 
     def run_loop_once(self) -> None:
-        callbacks, self.queued = self.queued, []
+        callbacks, self.queued, self.queued_from = self.queued, [], []
         for callback in callbacks:
             callback()
 
@@ -75,7 +75,8 @@ def served():
     with set_curdoc(doc):
         app = ExplorerApp(model="digits_mlp")
     assert app.wait_idle()
-    doc.load()
+    doc.load()  # the first result waited for the page: now on the loop,
+    doc.run_loop_once()  # where it runs and asks for the evaluation
     yield doc, app
     app.wait_idle()
     app.sensitivity.wait_idle()
@@ -101,7 +102,8 @@ def test_results_that_come_before_the_page_has_loaded_wait_for_it():
     try:
         assert app.wait_idle()
         assert doc.queued == [] and app.metrics.metrics is None  # nothing handed to a session not yet up
-        doc.load()  # the waiting result runs: the evaluation it asks for comes back through the loop
+        doc.load()  # the waiting result goes to the loop, in order
+        assert len(doc.queued) == 1 and app.metrics.metrics is None
         doc.settle(app)
         assert app.metrics.metrics.accuracy == app.explorer.evaluate().accuracy
         ran = []
