@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-MEASURED = re.compile(r"^\d+\.\d %$")  # the accuracy card once a measurement has arrived
+MEASURED = re.compile(r"^\d+\.\d\s?%$")  # the accuracy card once a measurement has arrived
 
 
 def _free_port() -> int:
