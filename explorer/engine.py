@@ -402,8 +402,9 @@ class Explorer(AreaMethods):
 
         adapter = self._token_adapter()
         def count():
-            with self._forward_lock:  # FLOPs outside the blocks are counted once, on a forward of the shared model
-                outside = self._cache.get_or(("token-outside",), lambda: outside_flops(self._run_model, adapter, self._inputs[:1]))
+            with self._forward_lock:  # counted once (no token setting changes them), on the shared model
+                outside = self._cache.get_or(
+                    ("token-outside",), lambda: outside_flops(self._run_model, adapter, self._inputs[:1]))
             return token_cost(self._run_model, adapter, tokens, self._inputs[:1], outside=outside)
 
         counted = self._cache.get_or(("token-cost", tokens), count)

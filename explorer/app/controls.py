@@ -173,14 +173,15 @@ class Controls:
         self._drawn_at[name] = [*recent, (now, value)]
 
     def is_echo(self, name: str, value: float) -> bool:
-        """Whether ``value`` for weight ``name`` (or :data:`GLOBAL`) is within half a step of a value drawn into its
-        slider in the last ``ECHO_WINDOW_S`` seconds. In a notebook (Bokeh over Jupyter comms) the
-        page sends a drawn value back after snapping it to the slider's step, and under a fast
-        series of draws (another view's slider moved by keyboard) an echo of an older draw arrives
-        after a newer one: taken as a move, it set the weight by hand (echoes of the inline app came
-        back up to seconds late). A user's own moves are rarely in the record: a slider already
-        where the state puts it is not drawn again. The served app never needs this (its page sends
-        only the user's moves)."""
+        """Whether ``value`` for weight ``name`` (or :data:`GLOBAL`) is within half a step of a
+        value drawn into its slider in the last ``ECHO_WINDOW_S`` seconds. In a notebook (Bokeh
+        over Jupyter comms) the page sends a drawn value back after snapping it to the slider's
+        step, and under a fast series of draws (another view's slider moved by keyboard) an echo of
+        an older draw arrives after a newer one: taken as a move, it set the weight by hand (echoes
+        of the inline app came back up to seconds late), or pruned the shared explorer back to an
+        older global sparsity. A user's own moves are rarely in the record: a slider already where
+        the state puts it is not drawn again. The served app never needs this (its page sends only
+        the user's moves)."""
         slider = self.sparsity if name == GLOBAL else self.layer_sliders.get(name)
         if slider is None:
             return False
