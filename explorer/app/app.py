@@ -216,6 +216,15 @@ class ExplorerApp(pn.viewable.Viewer):
         self._resend_if_crossed(GLOBAL)
 
     @contextlib.contextmanager
+    def _quiet(self):
+        """Changes made to the widgets inside do not reach their callbacks (the app's own draws)."""
+        self._syncing = True
+        try:
+            yield
+        finally:
+            self._syncing = False
+
+    @contextlib.contextmanager
     def _dragging(self):
         """While a slider moves, state changes ask for the progressive estimate, not the full split."""
         self._drag = True
@@ -245,11 +254,8 @@ class ExplorerApp(pn.viewable.Viewer):
             self._dispatch(partial(self._resend, name))
 
     def _resend(self, name: str) -> None:
-        self._syncing = True
-        try:
+        with self._quiet():
             self.controls.resend(name)
-        finally:
-            self._syncing = False
 
     def _select_model(self, name: str) -> None:
         """Show model ``name``, building its Explorer on first use with the sidebar's settings."""
@@ -260,11 +266,8 @@ class ExplorerApp(pn.viewable.Viewer):
             except Exception as err:  # noqa: BLE001 - a user's factory may fail in any way
                 self.show_error(ValueError(f"could not build model {name!r}: {err}"))
                 if self._explorer is not None:
-                    self._syncing = True
-                    try:
+                    with self._quiet():
                         self.controls.model.value = self._explorer.name
-                    finally:
-                        self._syncing = False
                 return
             explorer.state.param.watch(partial(self._on_state, explorer), _STATE_PARAMS)
             self._explorers[name] = explorer
@@ -284,11 +287,8 @@ class ExplorerApp(pn.viewable.Viewer):
             slider.param.watch(session_callback(partial(self._set_layer, layer)), "value")
             slider.param.watch(session_callback(partial(self._set_layer, layer)), "value_throttled")
         largest = max(explorer.profile.weights, key=lambda info: info.numel).name
-        self._syncing = True
-        try:
+        with self._quiet():
             self.mask_view.layer_select.param.update(options=explorer.layers, value=largest)
-        finally:
-            self._syncing = False
         self.sensitivity.set_explorer(explorer)
         self.speed.set_explorer(explorer)
         self.files.set_explorer(explorer)
@@ -307,14 +307,11 @@ class ExplorerApp(pn.viewable.Viewer):
     # ------------------------------------------------------------------------------ views
     def _sync_controls(self) -> None:
         vm = view_model(self._explorer)
-        self._syncing = True
-        try:
+        with self._quiet():
             if self.controls.options_changed(vm):
                 for widget in self.controls.build_options(vm).values():
                     widget.param.watch(self._guarded(lambda e: self._prune_from_controls()), "value")
             self.controls.show(self._explorer, vm)
-        finally:
-            self._syncing = False
 
     def _refresh(self) -> None:
         """Redraw what is instant (sidebar, cost, bars, mask) and ask for a new evaluation.

@@ -167,6 +167,10 @@ class Controls:
                 self._drew(slider_vm.name, slider_vm.value)
         _set(self.layer_note, object=vm.weights_note)
 
+    def _slider(self, name: str) -> pn.widgets.FloatSlider | None:
+        """The slider of weight ``name``, or the global one for :data:`GLOBAL`."""
+        return self.sparsity if name == GLOBAL else self.layer_sliders.get(name)
+
     def _drew(self, name: str, value: float) -> None:
         now = time.monotonic()
         recent = [(t, v) for t, v in self._drawn_at.get(name, ()) if now - t <= ECHO_WINDOW_S]
@@ -182,7 +186,7 @@ class Controls:
         older global sparsity. A user's own moves are rarely in the record: a slider already where
         the state puts it is not drawn again. The served app never needs this (its page sends only
         the user's moves)."""
-        slider = self.sparsity if name == GLOBAL else self.layer_sliders.get(name)
+        slider = self._slider(name)
         if slider is None:
             return False
         now, step = time.monotonic(), min(slider.step, STEP)
@@ -202,7 +206,7 @@ class Controls:
         the user's. The server cannot send a value its model already has, and Panel never sends a
         value back while the page's change of it is being handled; so, a tick later, the slider
         goes a hair off and back: two changes, the page ends at the value the server holds."""
-        slider = self.sparsity if name == GLOBAL else self.layer_sliders.get(name)
+        slider = self._slider(name)
         if slider is None:
             return
         value = slider.value
